@@ -490,8 +490,8 @@ fn main() {
     ));
     bad.push(invalid(
         "truncated_position",
-        "A Position payload that ends after the heading.",
-        raw(1, 0, 1, 42, &pos[..pos.len() - 5], None),
+        "A Position payload that ends after the heading (horizontal accuracy, fix type and satellites missing).",
+        raw(1, 0, 1, 42, &pos[..pos.len() - 4], None),
         "malformed_payload",
         None,
     ));
@@ -504,8 +504,9 @@ fn main() {
             1,
             42,
             &{
-                let mut p = pos[..14].to_vec();
-                p.extend([0x80, 0x80, 0x80, 0x00, 0x00, 0x00, 0x02, 0x0b]);
+                // pos[..11] is latitude (5 bytes), longitude (4) and altitude (2).
+                let mut p = pos[..11].to_vec();
+                p.extend([0x80, 0x80, 0x80, 0x00, 0x91, 0x15, 0xfa, 0x01, 0x02, 0x0b]);
                 p
             },
             None,
@@ -522,8 +523,8 @@ fn main() {
             1,
             42,
             &{
-                let mut p = pos[..14].to_vec();
-                p.extend([0xff, 0xff, 0x04, 0x00, 0x00, 0x02, 0x0b]);
+                let mut p = pos[..11].to_vec();
+                p.extend([0xff, 0xff, 0x04, 0x91, 0x15, 0xfa, 0x01, 0x02, 0x0b]);
                 p
             },
             None,
