@@ -1,0 +1,403 @@
+//! The state of one device and how each record changes it.
+
+use fleetwire_proto::{Event, FixType, Hello, Monitoring, Position};
+use serde::{Deserialize, Serialize};
+
+use super::geo;
+use super::readings::ReadingSeries;
+use super::sequence::SeqTracker;
+use super::{EngineConfig, FilterReason, ShardTotals};
+
+/// The last accepted GNSS fix.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Fix {
+    /// Sample time, Unix ms (device clock, or arrival time without clock).
+    pub t_ms: u64,
+    /// Latitude, 1e-7 degrees.
+    pub lat_e7: i32,
+    /// Longitude, 1e-7 degrees.
+    pub lon_e7: i32,
+    /// Altitude, decimeters.
+    pub alt_dm: i32,
+    /// Reported ground speed, cm/s.
+    pub speed_cm_s: u16,
+    /// Reported heading, 0.1 degree.
+    pub heading_ddeg: u16,
+    /// Horizontal accuracy, cm (0 = unknown).
+    pub hacc_cm: u16,
+    /// Fix type as on the wire.
+    pub fix: u8,
+    /// Satellites used.
+    pub satellites: u8,
+}
+
+impl Fix {
+    fn from_position(p: &Position, t_ms: u64) -> Fix {
+        Fix {
+            t_ms,
+            lat_e7: p.lat_e7,
+            lon_e7: p.lon_e7,
+            alt_dm: p.alt_dm,
+            speed_cm_s: p.speed_cm_s,
+            heading_ddeg: p.heading_ddeg,
+            hacc_cm: p.hacc_cm,
+            fix: p.fix as u8,
+            satellites: p.satellites,
+        }
+    }
+    /// Latitude in degrees.
+    pub fn lat(&self) -> f64 {
+        f64::from(self.lat_e7) * 1e-7
+    }
+    /// Longitude in degrees.
+    pub fn lon(&self) -> f64 {
+        f64::from(self.lon_e7) * 1e-7
+    }
+}
+
+/// Motion derived from consecutive accepted fixes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Track {
+    /// Total distance, meters (great circle between odometer anchors).
+    pub odometer_m: f64,
+    /// Speed between the last two accepted fixes, m/s.
+    pub derived_speed_m_s: f32,
+    /// Bearing between the last two accepted fixes that were far enough
+    /// apart to have one, degrees.
+    pub derived_heading_deg: f32,
+    /// The point the odometer last advanced from (1e-7 degrees).
+    anchor: Option<(i32, i32)>,
+    /// When the anchor last moved, Unix ms.
+    anchor_moved_ms: u64,
+    /// Consecutive fixes refused for implausible speed.
+    implausible_run: u8,
+    /// Currently moving.
+    pub moving: bool,
+}
+
+/// Last values of the well-known monitoring fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// When the last Monitoring record was taken, Unix ms.
+    pub t_ms: u64,
+    /// Battery, percent.
+    pub battery_pct: Option<u8>,
+    /// Supply voltage, mV.
+    pub supply_mv: Option<u16>,
+    /// Temperature, 0.01 °C.
+    pub temperature_cdeg: Option<i16>,
+    /// RSSI, dBm.
+    pub rssi_dbm: Option<i8>,
+    /// Uptime, s.
+    pub uptime_s: Option<u32>,
+}
+
+/// What a device said in its last Hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    /// Firmware version.
+    pub firmware: Box<str>,
+    /// Hardware model.
+    pub model: Box<str>,
+    /// Capability bits.
+    pub capabilities: u32,
+}
+
+/// The last event a device reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastEvent {
+    /// Event code.
+    pub code: u16,
+    /// Severity as on the wire.
+    pub severity: u8,
+    /// Sample time, Unix ms.
+    pub t_ms: u64,
+}
+
+/// Per-record-kind counters of one device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Position records.
+    pub positions: u32,
+    /// Monitoring records.
+    pub monitoring: u32,
+    /// Event records.
+    pub events: u32,
+    /// Hello records.
+    pub hellos: u32,
+    /// Positions kept out of the track by the plausibility filter.
+    pub filtered: u32,
+    /// Named readings dropped because the device has too many names.
+    pub readings_dropped: u32,
+}
+
+/// Everything the server knows about one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    /// Device id.
+    pub id: u32,
+    /// First frame, server time, Unix ms.
+    pub first_seen_ms: u64,
+    /// Last frame, server time, Unix ms.
+    pub last_seen_ms: u64,
+    /// Bytes of accepted datagrams.
+    pub bytes: u64,
+    /// Sequence accounting.
+    pub seq: SeqTracker,
+    /// RFC 3550 interarrival jitter estimate, ms.
+    pub jitter_ms: f32,
+    /// Transit time (arrival - device timestamp) of the previous frame, ms.
+    prev_transit_ms: Option<i64>,
+    /// One-way latency of the last frame with a device timestamp, ms.
+    pub latency_ms: Option<f32>,
+    /// Last accepted fix.
+    pub fix: Option<Fix>,
+    /// Odometer and motion.
+    pub track: Track,
+    /// Last monitoring values.
+    pub health: Health,
+    /// Named readings (allocated at the first one).
+    pub readings: Option<Box<Vec<ReadingSeries>>>,
+    /// Last Hello.
+    pub info: Option<Box<Info>>,
+    /// Last event.
+    pub last_event: Option<LastEvent>,
+    /// Record counters.
+    pub counts: Counts,
+    /// Whether this device currently holds one of the exported-series slots.
+    #[serde(skip)]
+    pub exported: bool,
+}
+
+impl Device {
+    /// A device seen for the first time at `now_ms`.
+    pub fn new(id: u32, now_ms: u64) -> Self {
+        Device {
+            id,
+            first_seen_ms: now_ms,
+            last_seen_ms: now_ms,
+            bytes: 0,
+            seq: SeqTracker::default(),
+            jitter_ms: 0.0,
+            prev_transit_ms: None,
+            latency_ms: None,
+            fix: None,
+            track: Track::default(),
+            health: Health::default(),
+            readings: None,
+            info: None,
+            last_event: None,
+            counts: Counts::default(),
+            exported: false,
+        }
+    }
+
+    /// Whether the device sent anything in the last `offline_after_ms`.
+    pub fn online(&self, now_ms: u64, offline_after_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_seen_ms) <= offline_after_ms
+    }
+
+    /// Heap bytes owned by this device (readings, info).
+    pub fn heap_bytes(&self) -> usize {
+        let r = self.readings.as_ref().map_or(0, |r| {
+            r.capacity() * std::mem::size_of::<ReadingSeries>()
+                + r.iter().map(ReadingSeries::heap_bytes).sum::<usize>()
+        });
+        let i = self.info.as_ref().map_or(0, |i| {
+            std::mem::size_of::<Info>() + i.firmware.len() + i.model.len()
+        });
+        r + i
+    }
+
+    /// Arrival bookkeeping for one frame: jitter and latency from the
+    /// device timestamp (when its clock is set).
+    pub(super) fn on_arrival(&mut self, now_ms: u64, device_ts_ms: u64, bytes: usize) {
+        self.last_seen_ms = self.last_seen_ms.max(now_ms);
+        self.bytes += bytes as u64;
+        if device_ts_ms == 0 {
+            return;
+        }
+        let transit = now_ms as i64 - device_ts_ms as i64;
+        if let Some(prev) = self.prev_transit_ms {
+            // RFC 3550 section 6.4.1: J += (|D| - J) / 16.
+            let d = (transit - prev).unsigned_abs() as f32;
+            self.jitter_ms += (d - self.jitter_ms) / 16.0;
+        }
+        self.prev_transit_ms = Some(transit);
+        self.latency_ms = Some(transit as f32);
+    }
+
+    /// Applies a Position taken at `t_ms`.
+    pub(super) fn on_position(
+        &mut self,
+        p: &Position,
+        t_ms: u64,
+        now_ms: u64,
+        cfg: &EngineConfig,
+        totals: &mut ShardTotals,
+    ) {
+        self.counts.positions += 1;
+        totals.records[0] += 1;
+        match self.check_position(p, t_ms, now_ms, cfg) {
+            Err(reason) => {
+                self.counts.filtered += 1;
+                totals.filtered[reason as usize] += 1;
+            }
+            Ok(()) => self.accept_fix(p, t_ms, cfg),
+        }
+    }
+
+    /// The plausibility filter. Every refusal is kept out of the odometer
+    /// and the last position.
+    fn check_position(
+        &mut self,
+        p: &Position,
+        t_ms: u64,
+        now_ms: u64,
+        cfg: &EngineConfig,
+    ) -> Result<(), FilterReason> {
+        if p.fix == FixType::NoFix {
+            return Err(FilterReason::NoFix);
+        }
+        if p.lat_e7 == 0 && p.lon_e7 == 0 {
+            return Err(FilterReason::NullIsland);
+        }
+        if t_ms > now_ms.saturating_add(cfg.max_future_ms) {
+            return Err(FilterReason::FutureTimestamp);
+        }
+        if t_ms < now_ms.saturating_sub(cfg.max_age_ms) {
+            return Err(FilterReason::StaleTimestamp);
+        }
+        if cfg.max_hacc_cm > 0 && p.hacc_cm > cfg.max_hacc_cm {
+            return Err(FilterReason::LowAccuracy);
+        }
+        let Some(last) = self.fix else { return Ok(()) };
+        if t_ms <= last.t_ms {
+            return Err(FilterReason::OutOfOrder);
+        }
+        let d = geo::distance_m(last.lat(), last.lon(), p.lat_deg(), p.lon_deg());
+        let dt = (t_ms - last.t_ms) as f64 / 1000.0;
+        if d / dt > cfg.max_speed_m_s {
+            self.track.implausible_run = self.track.implausible_run.saturating_add(1);
+            if self.track.implausible_run < cfg.relocate_after {
+                return Err(FilterReason::ImplausibleSpeed);
+            }
+            // The same "impossible" place several times in a row: the
+            // earlier fix was the bad one. Start the track afresh here,
+            // without adding the jump to the odometer.
+            self.track.anchor = None;
+            self.fix = None;
+        }
+        Ok(())
+    }
+
+    fn accept_fix(&mut self, p: &Position, t_ms: u64, cfg: &EngineConfig) {
+        let new = Fix::from_position(p, t_ms);
+        self.track.implausible_run = 0;
+        if let Some(last) = self.fix {
+            let d = geo::distance_m(last.lat(), last.lon(), new.lat(), new.lon());
+            let dt = (t_ms - last.t_ms) as f64 / 1000.0;
+            if dt > 0.0 {
+                self.track.derived_speed_m_s = (d / dt) as f32;
+            }
+            if d >= 1.0 {
+                self.track.derived_heading_deg =
+                    geo::bearing_deg(last.lat(), last.lon(), new.lat(), new.lon()) as f32;
+            }
+        }
+        // Odometer: advance only once the fix has left a radius around the
+        // anchor that is larger than the fix's own noise, so a parked
+        // vehicle's GPS jitter adds nothing.
+        let radius = cfg.stationary_radius_m.max(2.0 * f64::from(p.hacc_cm) / 100.0);
+        match self.track.anchor {
+            None => {
+                self.track.anchor = Some((p.lat_e7, p.lon_e7));
+                self.track.anchor_moved_ms = t_ms;
+            }
+            Some((alat, alon)) => {
+                let d = geo::distance_m(
+                    f64::from(alat) * 1e-7,
+                    f64::from(alon) * 1e-7,
+                    p.lat_deg(),
+                    p.lon_deg(),
+                );
+                if d >= radius {
+                    self.track.odometer_m += d;
+                    self.track.anchor = Some((p.lat_e7, p.lon_e7));
+                    self.track.anchor_moved_ms = t_ms;
+                }
+            }
+        }
+        self.track.moving = p.speed_m_s() >= cfg.moving_speed_m_s
+            || t_ms.saturating_sub(self.track.anchor_moved_ms) < cfg.stop_after_ms
+                && self.fix.is_some();
+        self.fix = Some(new);
+    }
+
+    /// Applies a Monitoring record taken at `t_ms`.
+    pub(super) fn on_monitoring(
+        &mut self,
+        m: &Monitoring<'_>,
+        t_ms: u64,
+        now_ms: u64,
+        cfg: &EngineConfig,
+        totals: &mut ShardTotals,
+    ) {
+        self.counts.monitoring += 1;
+        totals.records[1] += 1;
+        if t_ms >= self.health.t_ms {
+            let h = &mut self.health;
+            h.t_ms = t_ms;
+            h.battery_pct = m.battery_pct.or(h.battery_pct);
+            h.supply_mv = m.supply_mv.or(h.supply_mv);
+            h.temperature_cdeg = m.temperature_cdeg.or(h.temperature_cdeg);
+            h.rssi_dbm = m.rssi_dbm.or(h.rssi_dbm);
+            h.uptime_s = m.uptime_s.or(h.uptime_s);
+        }
+        if m.readings.is_empty() {
+            return;
+        }
+        let series = self.readings.get_or_insert_with(Default::default);
+        for r in m.readings.iter() {
+            let idx = match series.iter().position(|s| &*s.name == r.name) {
+                Some(i) => i,
+                None if series.len() < cfg.max_readings_per_device => {
+                    series.push(ReadingSeries::new(r.name));
+                    series.len() - 1
+                }
+                None => {
+                    self.counts.readings_dropped += 1;
+                    totals.readings_dropped += 1;
+                    continue;
+                }
+            };
+            series[idx].push(t_ms, r.value, now_ms, cfg.reading_window_ms, cfg.reading_samples);
+        }
+    }
+
+    /// Applies an Event record taken at `t_ms`.
+    pub(super) fn on_event(&mut self, e: &Event<'_>, t_ms: u64, totals: &mut ShardTotals) {
+        self.counts.events += 1;
+        totals.records[2] += 1;
+        totals.events[e.severity as usize] += 1;
+        if self.last_event.is_none_or(|l| t_ms >= l.t_ms) {
+            self.last_event = Some(LastEvent { code: e.code, severity: e.severity as u8, t_ms });
+        }
+    }
+
+    /// Applies a Hello.
+    pub(super) fn on_hello(&mut self, h: &Hello<'_>, totals: &mut ShardTotals) {
+        self.counts.hellos += 1;
+        totals.records[3] += 1;
+        let same = self.info.as_ref().is_some_and(|i| {
+            &*i.firmware == h.firmware && &*i.model == h.model && i.capabilities == h.capabilities
+        });
+        if !same {
+            self.info = Some(Box::new(Info {
+                firmware: h.firmware.into(),
+                model: h.model.into(),
+                capabilities: h.capabilities,
+            }));
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Named readings: last value and statistics over a sliding time window.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// Samples of one named reading, newest last, at most `cap` of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadingSeries {
+    /// The reading's name as the device sends it.
+    pub name: Box<str>,
+    /// (sample time in Unix ms, value), in arrival order.
+    samples: VecDeque<(u64, f64)>,
+}
+
+/// Statistics of one reading over the window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WindowStats {
+    /// The value of the newest sample (by sample time), in or out of the window.
+    pub last: f64,
+    /// Its sample time, Unix ms.
+    pub last_ms: u64,
+    /// Samples inside the window.
+    pub count: usize,
+    /// Minimum over the window.
+    pub min: f64,
+    /// Maximum over the window.
+    pub max: f64,
+    /// Arithmetic mean over the window.
+    pub mean: f64,
+    /// Median (nearest rank).
+    pub p50: f64,
+    /// 95th percentile (nearest rank).
+    pub p95: f64,
+    /// 99th percentile (nearest rank).
+    pub p99: f64,
+}
+
+impl ReadingSeries {
+    /// An empty series.
+    pub fn new(name: &str) -> Self {
+        ReadingSeries { name: name.into(), samples: VecDeque::new() }
+    }
+
+    /// Adds a sample, dropping the oldest beyond `cap` and those older than
+    /// `now_ms - window_ms`.
+    pub fn push(&mut self, t_ms: u64, value: f64, now_ms: u64, window_ms: u64, cap: usize) {
+        let horizon = now_ms.saturating_sub(window_ms);
+        while self.samples.front().is_some_and(|(t, _)| *t < horizon) {
+            self.samples.pop_front();
+        }
+        if self.samples.len() >= cap.max(1) {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((t_ms, value));
+    }
+
+    /// Number of stored samples.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// True when no sample is stored.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Heap bytes used by the samples.
+    pub fn heap_bytes(&self) -> usize {
+        self.samples.capacity() * std::mem::size_of::<(u64, f64)>() + self.name.len()
+    }
+
+    /// Statistics over the samples taken in `[now - window, now]`; `None`
+    /// when there is no sample at all. With samples but none in the window,
+    /// `count` is 0 and the window statistics are NaN.
+    pub fn stats(&self, now_ms: u64, window_ms: u64, scratch: &mut Vec<f64>) -> Option<WindowStats> {
+        let &(last_ms, last) = self.samples.iter().max_by_key(|(t, _)| *t)?;
+        let horizon = now_ms.saturating_sub(window_ms);
+        scratch.clear();
+        scratch.extend(self.samples.iter().filter(|(t, _)| *t >= horizon).map(|(_, v)| *v));
+        let n = scratch.len();
+        if n == 0 {
+            let nan = f64::NAN;
+            return Some(WindowStats {
+                last,
+                last_ms,
+                count: 0,
+                min: nan,
+                max: nan,
+                mean: nan,
+                p50: nan,
+                p95: nan,
+                p99: nan,
+            });
+        }
+        scratch.sort_unstable_by(f64::total_cmp);
+        let rank = |q: f64| {
+            let i = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+            scratch[i]
+        };
+        Some(WindowStats {
+            last,
+            last_ms,
+            count: n,
+            min: scratch[0],
+            max: scratch[n - 1],
+            mean: scratch.iter().sum::<f64>() / n as f64,
+            p50: rank(0.50),
+            p95: rank(0.95),
+            p99: rank(0.99),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_statistics() {
+        let mut r = ReadingSeries::new("t");
+        let mut s = Vec::new();
+        for i in 1..=100u64 {
+            r.push(i * 1000, i as f64, i * 1000, 1_000_000, 1000);
+        }
+        let st = r.stats(100_000, 1_000_000, &mut s).unwrap();
+        assert_eq!((st.count, st.min, st.max, st.mean), (100, 1.0, 100.0, 50.5));
+        assert_eq!((st.p50, st.p95, st.p99), (50.0, 95.0, 99.0));
+        assert_eq!((st.last, st.last_ms), (100.0, 100_000));
+        // Only the last 10 s: samples 90..=100.
+        let st = r.stats(100_000, 10_000, &mut s).unwrap();
+        assert_eq!((st.count, st.min, st.max), (11, 90.0, 100.0));
+    }
+
+    #[test]
+    fn cap_and_expiry_bound_memory() {
+        let mut r = ReadingSeries::new("t");
+        for i in 0..10_000u64 {
+            r.push(i, 1.0, i, 1_000_000, 64);
+        }
+        assert_eq!(r.len(), 64);
+        // Old samples leave as time passes, but the newest stays.
+        r.push(10_000_000, 2.0, 10_000_000, 60_000, 64);
+        assert_eq!(r.len(), 1);
+        let st = r.stats(20_000_000, 60_000, &mut Vec::new()).unwrap();
+        assert_eq!((st.count, st.last), (0, 2.0));
+        assert!(st.mean.is_nan());
+    }
+}

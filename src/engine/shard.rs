@@ -1,0 +1,258 @@
+//! One shard of the engine: the devices whose id hashes to it, in a slab
+//! with an intrusive least-recently-seen list for O(1) eviction.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fleetwire_proto::{Body, Frame, Record};
+use hashbrown::HashMap;
+
+use super::device::Device;
+use super::sequence::SeqOutcome;
+use super::{EngineConfig, ShardTotals};
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+}
+
+/// Slots for exported per-device series, shared by all shards.
+#[derive(Debug)]
+pub struct ExportSlots {
+    used: AtomicUsize,
+    cap: usize,
+}
+
+impl ExportSlots {
+    /// `cap` slots, none used.
+    pub fn new(cap: usize) -> Self {
+        ExportSlots { used: AtomicUsize::new(0), cap }
+    }
+    fn take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| (u < self.cap).then_some(u + 1))
+            .is_ok()
+    }
+    fn give_back(&self) {
+        let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
+    }
+    /// Slots in use.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// The devices of one shard. Plain data: no locks, no IO, no clock.
+#[derive(Debug, Default)]
+pub struct Shard {
+    index: HashMap<u32, u32>,
+    devices: Vec<Device>,
+    links: Vec<Link>,
+    /// Most recently seen.
+    head: u32,
+    /// Least recently seen: evicted first.
+    tail: u32,
+    /// Fleet counters of this shard.
+    pub totals: ShardTotals,
+}
+
+impl Shard {
+    /// An empty shard.
+    pub fn new() -> Self {
+        Shard { head: NIL, tail: NIL, ..Default::default() }
+    }
+
+    /// Number of devices tracked.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// True when no device is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The devices, in no particular order.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// One device.
+    pub fn get(&self, id: u32) -> Option<&Device> {
+        self.index.get(&id).and_then(|&i| self.devices.get(i as usize))
+    }
+
+    /// Bytes used by the shard's tables (not counting per-device heap).
+    pub fn table_bytes(&self) -> usize {
+        self.index.allocation_size()
+            + self.devices.capacity() * std::mem::size_of::<Device>()
+            + self.links.capacity() * std::mem::size_of::<Link>()
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let Link { prev, next } = self.links[i as usize];
+        match prev {
+            NIL => self.head = next,
+            p => self.links[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.links[n as usize].prev = prev,
+        }
+    }
+
+    fn push_front(&mut self, i: u32) {
+        self.links[i as usize] = Link { prev: NIL, next: self.head };
+        match self.head {
+            NIL => self.tail = i,
+            h => self.links[h as usize].prev = i,
+        }
+        self.head = i;
+    }
+
+    fn touch(&mut self, i: u32) {
+        if self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
+    }
+
+    /// Removes the device at slab index `i`, moving the last one into its place.
+    fn remove_at(&mut self, i: u32, slots: &ExportSlots) {
+        self.unlink(i);
+        let last = (self.devices.len() - 1) as u32;
+        if last != i {
+            // Re-point the moved device's neighbours and index entry.
+            let Link { prev, next } = self.links[last as usize];
+            match prev {
+                NIL => self.head = i,
+                p => self.links[p as usize].next = i,
+            }
+            match next {
+                NIL => self.tail = i,
+                n => self.links[n as usize].prev = i,
+            }
+            self.links[i as usize] = self.links[last as usize];
+            let moved_id = self.devices[last as usize].id;
+            self.index.insert(moved_id, i);
+        }
+        let gone = self.devices.swap_remove(i as usize);
+        self.links.pop();
+        self.index.remove(&gone.id);
+        if gone.exported {
+            slots.give_back();
+        }
+    }
+
+    /// The slab index of `id`, creating the device (and evicting the least
+    /// recently seen one when the shard is full).
+    fn slot_for(&mut self, id: u32, now_ms: u64, cap: usize, slots: &ExportSlots) -> u32 {
+        if let Some(&i) = self.index.get(&id) {
+            self.touch(i);
+            return i;
+        }
+        if self.devices.len() >= cap.max(1) && self.tail != NIL {
+            self.remove_at(self.tail, slots);
+            self.totals.evicted += 1;
+        }
+        let i = self.devices.len() as u32;
+        self.devices.push(Device::new(id, now_ms));
+        self.links.push(Link { prev: NIL, next: NIL });
+        self.index.insert(id, i);
+        self.push_front(i);
+        self.totals.devices_created += 1;
+        i
+    }
+
+    /// Inserts a device restored from a snapshot (no eviction, no counting).
+    pub fn restore(&mut self, mut d: Device) {
+        if self.index.contains_key(&d.id) {
+            return;
+        }
+        d.exported = false;
+        let i = self.devices.len() as u32;
+        self.index.insert(d.id, i);
+        self.devices.push(d);
+        self.links.push(Link { prev: NIL, next: NIL });
+        // Restored in least-recent-first order, so each goes to the front.
+        self.push_front(i);
+    }
+
+    /// The sequence window state of a device, for replay checks.
+    pub fn is_fresh(&self, id: u32, seq: u32) -> bool {
+        self.get(id).is_none_or(|d| d.seq.is_fresh(seq))
+    }
+
+    /// Applies one accepted frame that arrived at `now_ms` in a datagram of
+    /// `bytes` bytes. Cannot fail: every frame leaves the state consistent.
+    pub fn apply(
+        &mut self,
+        now_ms: u64,
+        frame: &Frame<'_>,
+        bytes: usize,
+        cfg: &EngineConfig,
+        slots: &ExportSlots,
+    ) {
+        let i = self.slot_for(frame.device_id, now_ms, cfg.max_devices_per_shard, slots);
+        let totals = &mut self.totals;
+        let d = &mut self.devices[i as usize];
+        if !d.exported && slots.take() {
+            d.exported = true;
+        }
+        d.on_arrival(now_ms, frame.timestamp_ms, bytes);
+        let hello = matches!(frame.body, Body::Hello(_));
+        let outcome = d.seq.observe(frame.sequence, hello);
+        match outcome {
+            SeqOutcome::Ahead { gap } => totals.lost += u64::from(gap),
+            SeqOutcome::Reordered => {
+                totals.reordered += 1;
+                totals.lost = totals.lost.saturating_sub(1);
+            }
+            SeqOutcome::Duplicate => {
+                totals.duplicates += 1;
+                // A copy carries nothing new: do not count its records twice.
+                return;
+            }
+            SeqOutcome::Late => totals.late += 1,
+            SeqOutcome::Restart => totals.restarts += 1,
+            SeqOutcome::First => {}
+        }
+        // Sample time: the device clock when it has one, else arrival time.
+        let base = if frame.timestamp_ms == 0 { now_ms } else { frame.timestamp_ms };
+        match &frame.body {
+            Body::Position(p) => d.on_position(p, base, now_ms, cfg, totals),
+            Body::Monitoring(m) => d.on_monitoring(m, base, now_ms, cfg, totals),
+            Body::Event(e) => d.on_event(e, base, totals),
+            Body::Hello(h) => d.on_hello(h, totals),
+            Body::Batch(b) => {
+                totals.batches += 1;
+                for s in b.samples.iter() {
+                    let t = base.saturating_sub(u64::from(s.offset_ms));
+                    match &s.record {
+                        Record::Position(p) => d.on_position(p, t, now_ms, cfg, totals),
+                        Record::Monitoring(m) => d.on_monitoring(m, t, now_ms, cfg, totals),
+                        Record::Event(e) => d.on_event(e, t, totals),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic upkeep: releases the export slot of devices silent for
+    /// longer than the series TTL and counts online devices.
+    pub fn tick(&mut self, now_ms: u64, cfg: &EngineConfig, slots: &ExportSlots) {
+        let mut online = 0;
+        for d in &mut self.devices {
+            if d.online(now_ms, cfg.offline_after_ms) {
+                online += 1;
+            }
+            if d.exported && now_ms.saturating_sub(d.last_seen_ms) > cfg.series_ttl_ms {
+                d.exported = false;
+                slots.give_back();
+            }
+        }
+        self.totals.online = online;
+    }
+}

@@ -1,0 +1,269 @@
+//! Engine scenarios, driven with a synthetic clock.
+
+use fleetwire_proto::{
+    Batch, Body, Event, FixType, Frame, Hello, Monitoring, Position, Reading, Record, Sample, Seq,
+    Severity,
+};
+
+use super::*;
+
+const T0: u64 = 1_764_000_000_000;
+
+fn pos(lat: f64, lon: f64) -> Position {
+    Position {
+        lat_e7: (lat * 1e7).round() as i32,
+        lon_e7: (lon * 1e7).round() as i32,
+        alt_dm: 0,
+        speed_cm_s: 0,
+        heading_ddeg: 0,
+        hacc_cm: 300,
+        fix: FixType::Fix3d,
+        satellites: 8,
+    }
+}
+
+fn engine(cfg: EngineConfig) -> Engine {
+    Engine::new(cfg, 4)
+}
+
+fn send(e: &Engine, now: u64, f: Frame<'_>) {
+    e.ingest(now, &[Accepted { frame: f, bytes: 40 }]);
+}
+
+#[test]
+fn sequence_faults_are_counted_exactly() {
+    let e = engine(EngineConfig::default());
+    let p = Body::Position(pos(48.0, 11.0));
+    // 0 1 _ 3 5 4 4 6 : one lost (2), one reordered (4 after 5), one duplicate (4).
+    for (i, s) in [0u32, 1, 3, 5, 4, 4, 6].into_iter().enumerate() {
+        send(&e, T0 + i as u64 * 1000, Frame::new(7, s, 0, p));
+    }
+    let s = e.summary().totals;
+    assert_eq!((s.lost, s.reordered, s.duplicates), (1, 1, 1));
+    e.with_device(7, |d| {
+        assert_eq!((d.seq.received, d.seq.lost, d.seq.duplicates, d.seq.reordered), (6, 1, 1, 1));
+    })
+    .unwrap();
+    // The duplicate's record was not counted twice.
+    assert_eq!(s.records[0], 6);
+}
+
+#[test]
+fn odometer_follows_a_route_and_ignores_jitter_while_parked() {
+    let e = engine(EngineConfig::default());
+    // Drive north 1 km in 100 m steps, 10 s apart (10 m/s).
+    let step = 100.0 / geo::EARTH_RADIUS_M * 180.0 / std::f64::consts::PI;
+    for i in 0..=10u32 {
+        let t = T0 + u64::from(i) * 10_000;
+        send(&e, t, Frame::new(1, i, t, Body::Position(pos(48.0 + step * f64::from(i), 11.0))));
+    }
+    let odo = e.with_device(1, |d| d.track.odometer_m).unwrap();
+    assert!((odo - 1000.0).abs() < 0.5, "{odo}");
+    // Park and jitter by up to ~4 m for 10 minutes.
+    let end = 48.0 + step * 10.0;
+    for i in 0..600u32 {
+        let t = T0 + 100_000 + u64::from(i + 1) * 1000;
+        let j = f64::from(i % 7) - 3.0;
+        let p = pos(end + j * 1e-5 * 0.4, 11.0 + j * 1e-5 * 0.5);
+        send(&e, t, Frame::new(1, 11 + i, t, Body::Position(p)));
+    }
+    e.with_device(1, |d| {
+        assert!((d.track.odometer_m - odo).abs() < 1e-9, "jitter added distance");
+        assert!(!d.track.moving);
+        assert!(d.track.derived_speed_m_s < 10.0);
+    })
+    .unwrap();
+}
+
+#[test]
+fn gps_jump_is_filtered_and_track_recovers() {
+    let e = engine(EngineConfig::default());
+    let t = |i: u64| T0 + i * 1000;
+    send(&e, t(0), Frame::new(2, 0, t(0), Body::Position(pos(48.0, 11.0))));
+    send(&e, t(1), Frame::new(2, 1, t(1), Body::Position(pos(48.0001, 11.0))));
+    let before = e.with_device(2, |d| d.track.odometer_m).unwrap();
+    // A single fix 500 km away one second later: 500 km/s.
+    send(&e, t(2), Frame::new(2, 2, t(2), Body::Position(pos(52.5, 13.4))));
+    send(&e, t(3), Frame::new(2, 3, t(3), Body::Position(pos(48.0002, 11.0))));
+    // (0, 0) and no-fix fixes are filtered too.
+    send(&e, t(4), Frame::new(2, 4, t(4), Body::Position(pos(0.0, 0.0))));
+    let nofix = Position { fix: FixType::NoFix, ..pos(10.0, 10.0) };
+    send(&e, t(5), Frame::new(2, 5, t(5), Body::Position(nofix)));
+    // A fix from the future and one older than the last accepted.
+    send(&e, t(6), Frame::new(2, 6, t(6) + 3_600_000, Body::Position(pos(48.0003, 11.0))));
+    send(&e, t(7), Frame::new(2, 7, t(2), Body::Position(pos(48.0003, 11.0))));
+    let s = e.summary().totals;
+    let f = |r: FilterReason| s.filtered[r as usize];
+    assert_eq!(f(FilterReason::ImplausibleSpeed), 1);
+    assert_eq!(f(FilterReason::NullIsland), 1);
+    assert_eq!(f(FilterReason::NoFix), 1);
+    assert_eq!(f(FilterReason::FutureTimestamp), 1);
+    assert_eq!(f(FilterReason::OutOfOrder), 1);
+    e.with_device(2, |d| {
+        let added = d.track.odometer_m - before;
+        assert!(added < 30.0, "jump leaked into the odometer: {added} m");
+        assert_eq!(d.fix.unwrap().lat_e7, 480_002_000);
+        assert_eq!(d.counts.filtered, 5);
+    })
+    .unwrap();
+    // A device that really moved (the old fix was wrong) is re-anchored
+    // after `relocate_after` consecutive refusals, without the jump.
+    for i in 0..3u64 {
+        let ti = t(10 + i);
+        send(&e, ti, Frame::new(2, 10 + i as u32, ti, Body::Position(pos(52.5, 13.4 + i as f64 * 1e-5))));
+    }
+    e.with_device(2, |d| {
+        assert_eq!(d.fix.unwrap().lat_e7, 525_000_000);
+        assert!(d.track.odometer_m - before < 30.0);
+    })
+    .unwrap();
+}
+
+#[test]
+fn readings_and_health() {
+    let e = engine(EngineConfig { reading_window_ms: 10_000, ..EngineConfig::default() });
+    for i in 0..20u64 {
+        let r = [Reading { name: "temp", value: i as f64 }, Reading { name: "rpm", value: 1000.0 }];
+        let m = Monitoring {
+            battery_pct: Some(90 - i as u8),
+            readings: Seq::from_slice(&r),
+            ..Monitoring::EMPTY
+        };
+        send(&e, T0 + i * 1000, Frame::new(3, i as u32, 0, Body::Monitoring(m)));
+    }
+    e.with_device(3, |d| {
+        assert_eq!(d.health.battery_pct, Some(71));
+        let rs = d.readings.as_ref().unwrap();
+        let temp = rs.iter().find(|r| &*r.name == "temp").unwrap();
+        let st = temp.stats(T0 + 19_000, 10_000, &mut Vec::new()).unwrap();
+        // Samples 9..=19 are inside the 10 s window.
+        assert_eq!((st.count, st.min, st.max, st.last), (11, 9.0, 19.0, 19.0));
+        assert_eq!(st.p50, 14.0);
+    })
+    .unwrap();
+}
+
+#[test]
+fn reading_names_per_device_are_capped() {
+    let e = engine(EngineConfig { max_readings_per_device: 4, ..EngineConfig::default() });
+    let names: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let r = [Reading { name: n, value: 1.0 }];
+        let m = Monitoring { readings: Seq::from_slice(&r), ..Monitoring::EMPTY };
+        send(&e, T0, Frame::new(4, i as u32, 0, Body::Monitoring(m)));
+    }
+    assert_eq!(e.with_device(4, |d| d.readings.as_ref().unwrap().len()), Some(4));
+    assert_eq!(e.summary().totals.readings_dropped, 6);
+}
+
+#[test]
+fn batches_use_sample_times() {
+    let e = engine(EngineConfig::default());
+    let samples = [
+        Sample { offset_ms: 20_000, record: Record::Position(pos(48.0, 11.0)) },
+        Sample { offset_ms: 10_000, record: Record::Position(pos(48.001, 11.0)) },
+        Sample {
+            offset_ms: 0,
+            record: Record::Event(Event { code: 1, severity: Severity::Critical, text: None }),
+        },
+    ];
+    let b = Body::Batch(Batch { samples: Seq::from_slice(&samples) });
+    send(&e, T0 + 500, Frame::new(5, 0, T0, b));
+    let s = e.summary().totals;
+    assert_eq!((s.records[0], s.records[2], s.batches, s.events[4]), (2, 1, 1, 1));
+    e.with_device(5, |d| {
+        let f = d.fix.unwrap();
+        assert_eq!(f.t_ms, T0 - 10_000);
+        // 111 m in 10 s.
+        assert!((d.track.derived_speed_m_s - 11.1).abs() < 0.1);
+        assert!((d.track.odometer_m - 111.2).abs() < 0.5);
+        assert_eq!(d.last_event.unwrap().t_ms, T0);
+    })
+    .unwrap();
+}
+
+#[test]
+fn hello_restarts_sequence_and_records_info() {
+    let e = engine(EngineConfig::default());
+    let p = Body::Position(pos(1.0, 1.0));
+    for s in 0..5 {
+        send(&e, T0, Frame::new(6, s, 0, p));
+    }
+    let h = Body::Hello(Hello { firmware: "2.0", model: "m", capabilities: 1 });
+    send(&e, T0, Frame::new(6, 0, 0, h));
+    send(&e, T0, Frame::new(6, 1, 0, p));
+    let s = e.summary().totals;
+    assert_eq!((s.restarts, s.duplicates, s.lost), (1, 0, 0));
+    assert_eq!(e.with_device(6, |d| d.info.as_ref().unwrap().firmware.to_string()).unwrap(), "2.0");
+}
+
+#[test]
+fn jitter_and_latency_from_device_clock() {
+    let e = engine(EngineConfig::default());
+    // Sent every second; arrives with 100 ms, then alternately 100/300 ms delay.
+    for i in 0..200u64 {
+        let sent = T0 + i * 1000;
+        let delay = if i % 2 == 0 { 100 } else { 300 };
+        send(&e, sent + delay, Frame::new(8, i as u32, sent, Body::Position(pos(1.0, 1.0))));
+    }
+    e.with_device(8, |d| {
+        // |D| is always 200 ms, so J converges to 200 ms.
+        assert!((d.jitter_ms - 200.0).abs() < 1.0, "{}", d.jitter_ms);
+        assert_eq!(d.latency_ms, Some(300.0));
+    })
+    .unwrap();
+}
+
+#[test]
+fn tracked_devices_never_exceed_the_cap_and_lru_is_evicted() {
+    let cfg = EngineConfig { max_devices_per_shard: 100, ..EngineConfig::default() };
+    let e = Engine::new(cfg, 1);
+    for id in 1..=1000u32 {
+        send(&e, T0 + u64::from(id), Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
+        assert!(e.summary().devices <= 100);
+    }
+    let s = e.summary();
+    assert_eq!((s.devices, s.totals.evicted), (100, 900));
+    // The survivors are the 100 most recently seen.
+    assert!(e.with_device(901, |_| ()).is_some());
+    assert!(e.with_device(900, |_| ()).is_none());
+    // Touching an old device keeps it; the next new one evicts another.
+    send(&e, T0 + 5000, Frame::new(901, 1, 0, Body::Position(pos(1.0, 1.0))));
+    send(&e, T0 + 5001, Frame::new(5000, 0, 0, Body::Position(pos(1.0, 1.0))));
+    assert!(e.with_device(901, |_| ()).is_some());
+    assert!(e.with_device(902, |_| ()).is_none());
+    // Every index entry still points at the right device.
+    e.for_each_shard(|sh| {
+        for d in sh.devices() {
+            assert_eq!(sh.get(d.id).map(|x| x.id), Some(d.id));
+        }
+    });
+}
+
+#[test]
+fn export_slots_are_capped_and_expire() {
+    let cfg = EngineConfig {
+        max_exported_devices: 10,
+        series_ttl_ms: 60_000,
+        ..EngineConfig::default()
+    };
+    let e = engine(cfg);
+    for id in 1..=30u32 {
+        send(&e, T0, Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
+    }
+    assert_eq!(e.summary().exported, 10);
+    let exported = |e: &Engine| {
+        let mut n = 0;
+        e.for_each_shard(|s| n += s.devices().iter().filter(|d| d.exported).count());
+        n
+    };
+    assert_eq!(exported(&e), 10);
+    // Everybody goes silent; after the TTL no series are exported.
+    e.tick(T0 + 61_000);
+    assert_eq!((e.summary().exported, exported(&e)), (0, 0));
+    assert_eq!(e.summary().totals.online, 0);
+    // A device that speaks again gets a slot back.
+    send(&e, T0 + 62_000, Frame::new(25, 1, 0, Body::Position(pos(1.0, 1.0))));
+    e.tick(T0 + 62_000);
+    assert_eq!((e.summary().exported, e.summary().totals.online), (1, 1));
+}
