@@ -6,4 +6,23 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod certs;
+pub mod config;
 pub mod engine;
+pub mod export;
+pub mod ingest;
+pub mod policy;
+pub mod server;
+pub mod snapshot;
+pub mod transport;
+
+/// The server clock: Unix time in milliseconds. The only clock read of the
+/// ingest path; the engine gets its result as an argument.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+pub mod cli;
+pub mod sim;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `fleetwire` binary: see `fleetwire --help`.
+
+fn main() -> std::process::ExitCode {
+    fleetwire::cli::main()
+}

@@ -203,9 +203,10 @@ impl Device {
             r.capacity() * std::mem::size_of::<ReadingSeries>()
                 + r.iter().map(ReadingSeries::heap_bytes).sum::<usize>()
         });
-        let i = self.info.as_ref().map_or(0, |i| {
-            std::mem::size_of::<Info>() + i.firmware.len() + i.model.len()
-        });
+        let i = self
+            .info
+            .as_ref()
+            .map_or(0, |i| std::mem::size_of::<Info>() + i.firmware.len() + i.model.len());
         r + i
     }
 

@@ -18,7 +18,7 @@ pub mod shard;
 
 use fleetwire_proto::Frame;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use device::Device;
 pub use shard::{ExportSlots, Shard};
@@ -135,7 +135,7 @@ pub const RECORD_KINDS: [&str; 4] = ["position", "monitoring", "event", "hello"]
 pub const SEVERITIES: [&str; 5] = ["info", "notice", "warning", "error", "critical"];
 
 /// Fleet counters (monotonic except `online`), per shard and summed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardTotals {
     /// Records by kind: position, monitoring, event, hello.
     pub records: [u64; 4],
@@ -145,8 +145,10 @@ pub struct ShardTotals {
     pub filtered: [u64; 7],
     /// Events by severity.
     pub events: [u64; 5],
-    /// Frames missing (sum over devices, gaps not filled since).
-    pub lost: u64,
+    /// Sequence numbers skipped (see [`sequence::SeqTracker::gaps`]).
+    pub gaps: u64,
+    /// Skipped numbers still awaited inside devices' windows.
+    pub pending: u64,
     /// Extra copies.
     pub duplicates: u64,
     /// Frames that filled a gap late.
@@ -166,13 +168,24 @@ pub struct ShardTotals {
 }
 
 impl ShardTotals {
+    /// Frames missing right now (skipped, not arrived since).
+    pub fn lost(&self) -> u64 {
+        self.gaps.saturating_sub(self.reordered)
+    }
+
+    /// Frames confirmed lost (out of the window without arriving): monotonic.
+    pub fn lost_confirmed(&self) -> u64 {
+        self.gaps.saturating_sub(self.reordered + self.pending)
+    }
+
     fn add(&mut self, o: &ShardTotals) {
         let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         add(&mut self.records, &o.records);
         add(&mut self.filtered, &o.filtered);
         add(&mut self.events, &o.events);
         self.batches += o.batches;
-        self.lost += o.lost;
+        self.gaps += o.gaps;
+        self.pending += o.pending;
         self.duplicates += o.duplicates;
         self.reordered += o.reordered;
         self.late += o.late;
@@ -191,6 +204,10 @@ pub struct Accepted<'a> {
     pub frame: Frame<'a>,
     /// Size of the datagram (or stream record) it came in.
     pub bytes: usize,
+    /// The frame's authentication tag verified: refuse it as a replay unless
+    /// its sequence number is fresh (the window moves only for such frames
+    /// once they are applied).
+    pub require_fresh: bool,
 }
 
 /// Fleet totals plus sizes, summed over shards.
@@ -241,9 +258,11 @@ impl Engine {
     }
 
     /// Applies a batch of accepted frames that arrived at `now_ms`, taking
-    /// each involved shard's lock once.
-    pub fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) {
+    /// each involved shard's lock once. Returns how many frames were
+    /// refused as replays (see [`Accepted::require_fresh`]).
+    pub fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> u64 {
         const CHUNK: usize = 64;
+        let mut replays = 0;
         for chunk in batch.chunks(CHUNK) {
             let mut shard_of = [0usize; CHUNK];
             for (s, a) in shard_of.iter_mut().zip(chunk) {
@@ -258,12 +277,18 @@ impl Engine {
                 let mut shard = self.shards[s].lock();
                 for j in i..chunk.len() {
                     if !done[j] && shard_of[j] == s {
-                        shard.apply(now_ms, &chunk[j].frame, chunk[j].bytes, &self.cfg, &self.slots);
+                        let a = &chunk[j];
+                        if a.require_fresh && !shard.is_fresh(a.frame.device_id, a.frame.sequence) {
+                            replays += 1;
+                        } else {
+                            shard.apply(now_ms, &a.frame, a.bytes, &self.cfg, &self.slots);
+                        }
                         done[j] = true;
                     }
                 }
             }
         }
+        replays
     }
 
     /// Whether `seq` is new for `device` (not a replay), without changing state.
@@ -312,8 +337,15 @@ impl Engine {
                 shard.restore(d);
             }
         }
-        if let Some(t) = totals {
+        if let Some(mut t) = totals {
+            t.pending = 0;
+            t.online = 0;
             self.shards[0].lock().totals = t;
+        }
+        // Each shard accounts for the awaited frames of its own devices.
+        for s in self.shards.iter() {
+            let mut s = s.lock();
+            s.totals.pending = s.devices().iter().map(|d| d.seq.pending()).sum();
         }
     }
 

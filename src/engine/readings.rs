@@ -73,7 +73,12 @@ impl ReadingSeries {
     /// Statistics over the samples taken in `[now - window, now]`; `None`
     /// when there is no sample at all. With samples but none in the window,
     /// `count` is 0 and the window statistics are NaN.
-    pub fn stats(&self, now_ms: u64, window_ms: u64, scratch: &mut Vec<f64>) -> Option<WindowStats> {
+    pub fn stats(
+        &self,
+        now_ms: u64,
+        window_ms: u64,
+        scratch: &mut Vec<f64>,
+    ) -> Option<WindowStats> {
         let &(last_ms, last) = self.samples.iter().max_by_key(|(t, _)| *t)?;
         let horizon = now_ms.saturating_sub(window_ms);
         scratch.clear();

@@ -44,8 +44,10 @@ pub struct SeqTracker {
     bits: u64,
     /// Distinct frames received.
     pub received: u64,
-    /// Frames missing from the sequence (gaps not filled since).
-    pub lost: u64,
+    /// Sequence numbers skipped when a newer frame arrived (monotonic).
+    /// Each one is later either filled (`reordered`), still awaited inside
+    /// the window ([`pending`](Self::pending)) or confirmed lost.
+    pub gaps: u64,
     /// Frames received more than once (extra copies).
     pub duplicates: u64,
     /// Frames that arrived after a newer one, inside the window.
@@ -57,6 +59,22 @@ pub struct SeqTracker {
 }
 
 impl SeqTracker {
+    /// Skipped sequence numbers still inside the window (may yet arrive).
+    pub fn pending(&self) -> u64 {
+        u64::from((!self.bits).count_ones())
+    }
+
+    /// Frames missing right now: skipped and not arrived since.
+    pub fn lost(&self) -> u64 {
+        self.gaps - self.reordered
+    }
+
+    /// Frames confirmed lost: skipped and out of the window without arriving.
+    /// Monotonic (a counter), unlike [`lost`](Self::lost).
+    pub fn lost_confirmed(&self) -> u64 {
+        self.gaps - self.reordered - self.pending()
+    }
+
     /// The newest sequence number seen, if any.
     pub fn highest(&self) -> Option<u32> {
         self.started.then_some(self.highest)
@@ -111,7 +129,7 @@ impl SeqTracker {
                 return self.restart(seq);
             }
             let gap = d - 1;
-            self.lost += u64::from(gap);
+            self.gaps += u64::from(gap);
             // Shift the window and record the old highest at bit d-1.
             self.bits = if d >= 64 { 0 } else { self.bits << d };
             if d <= 64 {
@@ -135,7 +153,6 @@ impl SeqTracker {
                 } else {
                     self.bits |= bit;
                     self.reordered += 1;
-                    self.lost = self.lost.saturating_sub(1);
                     self.received += 1;
                     SeqOutcome::Reordered
                 }
@@ -167,17 +184,17 @@ mod tests {
     #[test]
     fn in_order() {
         let t = feed(&[0, 1, 2, 3, 4]);
-        assert_eq!((t.received, t.lost, t.duplicates, t.reordered), (5, 0, 0, 0));
+        assert_eq!((t.received, t.lost(), t.duplicates, t.reordered), (5, 0, 0, 0));
     }
 
     #[test]
     fn gap_then_fill() {
         let mut t = feed(&[0, 1, 4]);
-        assert_eq!(t.lost, 2);
+        assert_eq!(t.lost(), 2);
         assert_eq!(t.observe(2, false), SeqOutcome::Reordered);
-        assert_eq!(t.lost, 1);
+        assert_eq!(t.lost(), 1);
         assert_eq!(t.observe(2, false), SeqOutcome::Duplicate);
-        assert_eq!((t.received, t.lost, t.duplicates, t.reordered), (4, 1, 1, 1));
+        assert_eq!((t.received, t.lost(), t.duplicates, t.reordered), (4, 1, 1, 1));
     }
 
     #[test]
@@ -189,24 +206,30 @@ mod tests {
     #[test]
     fn wraps_around() {
         let t = feed(&[u32::MAX - 1, u32::MAX, 0, 1]);
-        assert_eq!((t.received, t.lost, t.restarts), (4, 0, 0));
+        assert_eq!((t.received, t.lost(), t.restarts), (4, 0, 0));
         let mut t = feed(&[u32::MAX, 1]);
-        assert_eq!(t.lost, 1);
+        assert_eq!(t.lost(), 1);
         assert_eq!(t.observe(0, false), SeqOutcome::Reordered);
-        assert_eq!(t.lost, 0);
+        assert_eq!(t.lost(), 0);
     }
 
     #[test]
     fn window_edges() {
         let mut t = feed(&[100]);
         t.observe(100 + 64, false);
-        assert_eq!(t.lost, 63);
+        assert_eq!(t.lost(), 63);
         // 100 is exactly 64 behind: inside the window, already seen.
         assert_eq!(t.observe(100, false), SeqOutcome::Duplicate);
         assert_eq!(t.observe(101, false), SeqOutcome::Reordered);
         assert_eq!(t.observe(99, false), SeqOutcome::Late);
+        assert_eq!((t.pending(), t.lost_confirmed()), (62, 0));
         t.observe(100 + 64 + 65, false);
-        assert_eq!(t.lost, 62 + 64);
+        assert_eq!(t.lost(), 62 + 64);
+        // The window now holds only skipped numbers (165..=228); the 62
+        // earlier gaps fell out of it unfilled.
+        assert_eq!((t.pending(), t.lost_confirmed()), (64, 62));
+        assert_eq!(t.observe(100 + 64 + 1, false), SeqOutcome::Reordered);
+        assert_eq!((t.pending(), t.lost_confirmed()), (63, 62));
     }
 
     #[test]
@@ -214,14 +237,14 @@ mod tests {
         let mut t = feed(&[1000, 1001]);
         assert_eq!(t.observe(0, true), SeqOutcome::Restart);
         assert_eq!(t.observe(1, false), SeqOutcome::Ahead { gap: 0 });
-        assert_eq!(t.lost, 0);
+        assert_eq!(t.lost(), 0);
         // A copy of the Hello is a duplicate, not another restart.
         let mut t = feed(&[0]);
         assert_eq!(t.observe(0, true), SeqOutcome::Duplicate);
         // A jump beyond MAX_JUMP restarts.
         let mut t = feed(&[0]);
         assert_eq!(t.observe(MAX_JUMP + 1, false), SeqOutcome::Restart);
-        assert_eq!(t.lost, 0);
+        assert_eq!(t.lost(), 0);
         // Four consecutive frames behind the window restart.
         let mut t = feed(&[5000]);
         for s in 0..3 {
@@ -266,7 +289,7 @@ mod tests {
             let max = *sent.iter().max().unwrap();
             let delivered = (0..=max).filter(|i| *i == 0 || !drops.contains(i)).count() as u64;
             prop_assert_eq!(t.received, delivered);
-            prop_assert_eq!(t.lost, u64::from(max) + 1 - delivered);
+            prop_assert_eq!(t.lost(), u64::from(max) + 1 - delivered);
             prop_assert_eq!(t.duplicates, copies);
             prop_assert_eq!(t.late, 0);
         }

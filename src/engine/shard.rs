@@ -139,6 +139,8 @@ impl Shard {
             self.index.insert(moved_id, i);
         }
         let gone = self.devices.swap_remove(i as usize);
+        // Its awaited frames will never be accounted now: confirmed lost.
+        self.totals.pending = self.totals.pending.saturating_sub(gone.seq.pending());
         self.links.pop();
         self.index.remove(&gone.id);
         if gone.exported {
@@ -203,13 +205,12 @@ impl Shard {
         }
         d.on_arrival(now_ms, frame.timestamp_ms, bytes);
         let hello = matches!(frame.body, Body::Hello(_));
+        let pending_before = d.seq.pending();
         let outcome = d.seq.observe(frame.sequence, hello);
+        totals.pending = (totals.pending + d.seq.pending()).saturating_sub(pending_before);
         match outcome {
-            SeqOutcome::Ahead { gap } => totals.lost += u64::from(gap),
-            SeqOutcome::Reordered => {
-                totals.reordered += 1;
-                totals.lost = totals.lost.saturating_sub(1);
-            }
+            SeqOutcome::Ahead { gap } => totals.gaps += u64::from(gap),
+            SeqOutcome::Reordered => totals.reordered += 1,
             SeqOutcome::Duplicate => {
                 totals.duplicates += 1;
                 // A copy carries nothing new: do not count its records twice.

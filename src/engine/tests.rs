@@ -27,7 +27,7 @@ fn engine(cfg: EngineConfig) -> Engine {
 }
 
 fn send(e: &Engine, now: u64, f: Frame<'_>) {
-    e.ingest(now, &[Accepted { frame: f, bytes: 40 }]);
+    e.ingest(now, &[Accepted { frame: f, bytes: 40, require_fresh: false }]);
 }
 
 #[test]
@@ -39,9 +39,11 @@ fn sequence_faults_are_counted_exactly() {
         send(&e, T0 + i as u64 * 1000, Frame::new(7, s, 0, p));
     }
     let s = e.summary().totals;
-    assert_eq!((s.lost, s.reordered, s.duplicates), (1, 1, 1));
+    assert_eq!((s.lost(), s.reordered, s.duplicates), (1, 1, 1));
+    // Frame 2 is still inside the window: missing, not yet confirmed lost.
+    assert_eq!((s.pending, s.lost_confirmed()), (1, 0));
     e.with_device(7, |d| {
-        assert_eq!((d.seq.received, d.seq.lost, d.seq.duplicates, d.seq.reordered), (6, 1, 1, 1));
+        assert_eq!((d.seq.received, d.seq.lost(), d.seq.duplicates, d.seq.reordered), (6, 1, 1, 1));
     })
     .unwrap();
     // The duplicate's record was not counted twice.
@@ -110,7 +112,11 @@ fn gps_jump_is_filtered_and_track_recovers() {
     // after `relocate_after` consecutive refusals, without the jump.
     for i in 0..3u64 {
         let ti = t(10 + i);
-        send(&e, ti, Frame::new(2, 10 + i as u32, ti, Body::Position(pos(52.5, 13.4 + i as f64 * 1e-5))));
+        send(
+            &e,
+            ti,
+            Frame::new(2, 10 + i as u32, ti, Body::Position(pos(52.5, 13.4 + i as f64 * 1e-5))),
+        );
     }
     e.with_device(2, |d| {
         assert_eq!(d.fix.unwrap().lat_e7, 525_000_000);
@@ -193,7 +199,7 @@ fn hello_restarts_sequence_and_records_info() {
     send(&e, T0, Frame::new(6, 0, 0, h));
     send(&e, T0, Frame::new(6, 1, 0, p));
     let s = e.summary().totals;
-    assert_eq!((s.restarts, s.duplicates, s.lost), (1, 0, 0));
+    assert_eq!((s.restarts, s.duplicates, s.lost()), (1, 0, 0));
     assert_eq!(e.with_device(6, |d| d.info.as_ref().unwrap().firmware.to_string()).unwrap(), "2.0");
 }
 
@@ -242,11 +248,8 @@ fn tracked_devices_never_exceed_the_cap_and_lru_is_evicted() {
 
 #[test]
 fn export_slots_are_capped_and_expire() {
-    let cfg = EngineConfig {
-        max_exported_devices: 10,
-        series_ttl_ms: 60_000,
-        ..EngineConfig::default()
-    };
+    let cfg =
+        EngineConfig { max_exported_devices: 10, series_ttl_ms: 60_000, ..EngineConfig::default() };
     let e = engine(cfg);
     for id in 1..=30u32 {
         send(&e, T0, Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));

@@ -1,0 +1,251 @@
+//! TLS material: a CA and server certificate (`fleetwire certs init`),
+//! device client certificates (`fleetwire certs device`), the development
+//! certificate `serve` makes when none is configured, and loading PEM files.
+//!
+//! A device certificate names its device in a URI subject alternative name
+//! `urn:fleetwire:device:<id>` (and in its common name `device-<id>`); the
+//! server takes the id from the URI.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// URI prefix of the device id SAN.
+pub const DEVICE_URI_PREFIX: &str = "urn:fleetwire:device:";
+
+/// Errors making or loading certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Reading or writing a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rcgen refused to make a certificate.
+    #[error("making a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// The files exist already (and `--force` was not given).
+    #[error("{0} exists already; use --force to overwrite")]
+    Exists(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
+    move |source| CertError::Io { path: path.into(), source }
+}
+
+/// Writes a file, creating its directory; private keys get mode 0600.
+fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
+    std::fs::write(path, text).map_err(io(path))?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    Ok(())
+}
+
+fn san(s: &str) -> Result<SanType, rcgen::Error> {
+    Ok(match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(s.try_into()?),
+    })
+}
+
+/// Files written by [`init`].
+#[derive(Debug)]
+pub struct InitFiles {
+    /// CA certificate (give it to devices and to `serve` as quic_client_ca).
+    pub ca_cert: PathBuf,
+    /// CA private key (keep offline; needed to issue device certificates).
+    pub ca_key: PathBuf,
+    /// Server certificate (quic_cert).
+    pub server_cert: PathBuf,
+    /// Server private key (quic_key).
+    pub server_key: PathBuf,
+}
+
+/// Makes a CA and a server certificate for `sans` in `dir`.
+pub fn init(dir: &Path, sans: &[String], force: bool) -> Result<InitFiles, CertError> {
+    let files = InitFiles {
+        ca_cert: dir.join("ca.pem"),
+        ca_key: dir.join("ca.key"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+    };
+    if !force && files.ca_cert.exists() {
+        return Err(CertError::Exists(files.ca_cert));
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name.push(DnType::CommonName, "fleetwire CA");
+    ca.distinguished_name.push(DnType::OrganizationName, "fleetwire");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+
+    let server_key = KeyPair::generate()?;
+    let mut sp = CertificateParams::new(Vec::<String>::new())?;
+    sp.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
+    sp.distinguished_name
+        .push(DnType::CommonName, sans.first().map_or("fleetwire", String::as_str));
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let server_cert = sp.signed_by(&server_key, &ca_cert, &ca_key)?;
+
+    write(&files.ca_cert, &ca_cert.pem(), false)?;
+    write(&files.ca_key, &ca_key.serialize_pem(), true)?;
+    write(&files.server_cert, &server_cert.pem(), false)?;
+    write(&files.server_key, &server_key.serialize_pem(), true)?;
+    Ok(files)
+}
+
+/// Makes a client certificate for device `id`, signed by the CA in `dir`.
+/// Returns the certificate and key paths.
+pub fn device(dir: &Path, id: u32) -> Result<(PathBuf, PathBuf), CertError> {
+    let ca_pem_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key");
+    let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(io(&ca_pem_path))?;
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    // Re-create the issuer from its PEM: same name and key, so what it
+    // signs chains to the CA certificate devices and server already have.
+    let issuer = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, format!("device-{id}"));
+    p.subject_alt_names = vec![SanType::URI(format!("{DEVICE_URI_PREFIX}{id}").try_into()?)];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = p.signed_by(&key, &issuer, &ca_key)?;
+    let cert_path = dir.join(format!("device-{id}.pem"));
+    let key_path = dir.join(format!("device-{id}.key"));
+    write(&cert_path, &cert.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    Ok((cert_path, key_path))
+}
+
+/// The development certificate in `data_dir` (`dev-cert.pem`, `dev-key.pem`),
+/// made on first use: self-signed for localhost, 127.0.0.1 and ::1. Clients
+/// trust it with `--ca <data_dir>/dev-cert.pem`.
+pub fn dev_certificate(
+    data_dir: &Path,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), CertError> {
+    let cert_path = data_dir.join("dev-cert.pem");
+    let key_path = data_dir.join("dev-key.pem");
+    if !(cert_path.exists() && key_path.exists()) {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
+        p.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        p.subject_alt_names.push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
+        p.distinguished_name.push(DnType::CommonName, "fleetwire development certificate");
+        let cert = p.self_signed(&key)?;
+        write(&cert_path, &cert.pem(), false)?;
+        write(&key_path, &key.serialize_pem(), true)?;
+        tracing::info!(cert = %cert_path.display(), "made a self-signed development certificate for QUIC; \
+            clients trust it with --ca {}", cert_path.display());
+    } else {
+        tracing::info!(cert = %cert_path.display(), "using the development certificate for QUIC");
+    }
+    let (mut chain, key) = load_chain_and_key(&cert_path, &key_path)?;
+    Ok((chain.remove(0), key))
+}
+
+/// Loads a PEM certificate chain and a PEM private key.
+pub fn load_chain_and_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
+    let pem = |path: &Path, reason: String| CertError::Pem { path: path.into(), reason };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem(cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem(cert, "no certificate in file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, e.to_string()))?;
+    Ok((chain, key))
+}
+
+/// Loads trusted CA certificates from a PEM file.
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, CertError> {
+    let pem = |reason: String| CertError::Pem { path: path.into(), reason };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| pem(e.to_string()))? {
+        roots.add(c.map_err(|e| pem(e.to_string()))?).map_err(|e| pem(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(pem("no certificate in file".into()));
+    }
+    Ok(roots)
+}
+
+/// The device id a client certificate names (URI SAN
+/// `urn:fleetwire:device:<id>`), if any.
+pub fn device_id_of(cert: &CertificateDer<'_>) -> Option<u32> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let sans = x.subject_alternative_name().ok()??;
+    sans.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) => {
+            u.strip_prefix(DEVICE_URI_PREFIX).and_then(|id| id.parse().ok()).filter(|id| *id != 0)
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_and_device_certificates_chain_and_name_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = init(dir.path(), &["localhost".into(), "127.0.0.1".into()], false).unwrap();
+        assert!(matches!(init(dir.path(), &[], false), Err(CertError::Exists(_))));
+        let (cert, key) = device(dir.path(), 4242).unwrap();
+        let (chain, _) = load_chain_and_key(&cert, &key).unwrap();
+        assert_eq!(device_id_of(&chain[0]), Some(4242));
+        let roots = load_roots(&f.ca_cert).unwrap();
+        // The device certificate verifies against the CA as a client certificate.
+        let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        v.verify_client_cert(&chain[0], &[], now).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}

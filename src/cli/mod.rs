@@ -1,0 +1,372 @@
+//! The `fleetwire` command line.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ClientAuth, Config, DEFAULT_TOML, UdpAuth};
+use crate::server::{Listeners, run, shutdown_signal};
+
+pub mod send;
+pub mod sim;
+
+/// Real-time telemetry ingest for IoT fleets: UDP and QUIC in, Prometheus out.
+#[derive(Debug, Parser)]
+#[command(name = "fleetwire", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the ingest server (UDP 4480, QUIC 4481, HTTP 9480 by default).
+    Serve(ServeArgs),
+    /// Decode one datagram: hex as argument, or raw bytes on stdin.
+    Decode(DecodeArgs),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Make TLS certificates for QUIC (a CA, the server, devices).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Simulate a fleet of devices sending to a server.
+    Sim(sim::SimArgs),
+    /// Send one datagram from the command line.
+    Send(send::SendArgs),
+    /// Send the datagrams of a file recorded with `sim --record`.
+    Replay(sim::ReplayArgs),
+}
+
+macro_rules! config_flags {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty ),* $(,)?) => {
+        /// One flag per configuration key (see `fleetwire config default`).
+        #[derive(Debug, Default, Clone, clap::Args, serde::Serialize)]
+        pub struct ConfigFlags {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, value_name = "VALUE", help_heading = "Configuration (also FLEETWIRE_<KEY> or the config file)")]
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$ty>,
+            )*
+        }
+    };
+}
+
+config_flags! {
+    /// UDP ingest address, or "off".
+    udp_listen: String,
+    /// QUIC ingest address, or "off".
+    quic_listen: String,
+    /// HTTP address (/metrics, /api), or "off".
+    http_listen: String,
+    /// Directory for the state snapshot and the development certificate.
+    data_dir: PathBuf,
+    /// UDP receive threads (SO_REUSEPORT).
+    udp_threads: usize,
+    /// Requested UDP receive buffer, bytes.
+    udp_recv_buffer: usize,
+    /// Datagrams per recvmmsg call.
+    udp_batch: usize,
+    /// Engine shards.
+    engine_shards: usize,
+    /// Offline after this much silence (e.g. 60s).
+    offline_after: String,
+    /// Per-device series removed after this much silence (e.g. 10m).
+    series_ttl: String,
+    /// Most devices with per-device series.
+    max_exported_devices: usize,
+    /// Most devices tracked.
+    max_devices: usize,
+    /// Highest plausible speed, m/s.
+    max_speed: f64,
+    /// Largest tolerated clock lead of devices (e.g. 5m).
+    max_future: String,
+    /// Oldest accepted sample (e.g. 7days).
+    max_age: String,
+    /// Worst accepted horizontal accuracy, m (0 = any).
+    max_hacc: f64,
+    /// Odometer dead band, m.
+    stationary_radius: f64,
+    /// Reported speed that means moving, m/s.
+    moving_speed: f64,
+    /// Stopped after this long without moving (e.g. 30s).
+    stop_after: String,
+    /// Reading statistics window (e.g. 60s).
+    reading_window: String,
+    /// Samples kept per reading.
+    reading_samples: usize,
+    /// Distinct reading names per device.
+    max_readings_per_device: usize,
+    /// Snapshot interval (e.g. 1m; 0s = only at shutdown).
+    snapshot_interval: String,
+    /// Save and restore device state (true/false).
+    snapshot: bool,
+    /// QUIC certificate chain (PEM).
+    quic_cert: PathBuf,
+    /// QUIC private key (PEM).
+    quic_key: PathBuf,
+    /// CA for device client certificates (PEM).
+    quic_client_ca: PathBuf,
+    /// Client certificates: none, optional or required.
+    client_auth: ClientAuth,
+    /// Most concurrent QUIC connections.
+    quic_max_connections: usize,
+    /// QUIC idle timeout (e.g. 60s).
+    quic_idle_timeout: String,
+    /// QUIC datagram receive buffer per connection, bytes.
+    quic_datagram_buffer: usize,
+    /// Require QUIC address validation (Retry) (true/false).
+    quic_retry: bool,
+    /// UDP frame tags: off, optional or required.
+    udp_auth: UdpAuth,
+    /// Device keys file.
+    keys_file: PathBuf,
+    /// Datagrams/s per source address (0 = unlimited).
+    rate_limit_source: f64,
+    /// Datagrams/s per device (0 = unlimited).
+    rate_limit_device: f64,
+    /// Burst allowance of the rate limits.
+    rate_limit_burst: f64,
+    /// Most source addresses tracked by the limiter.
+    rate_limit_sources: usize,
+}
+
+/// `fleetwire serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "FLEETWIRE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Settings.
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+}
+
+/// `fleetwire decode`.
+#[derive(Debug, clap::Args)]
+pub struct DecodeArgs {
+    /// The datagram as hex (spaces allowed); raw bytes are read from stdin when absent.
+    pub hex: Vec<String>,
+    /// Verify the authentication tag with this key (hex).
+    #[arg(long)]
+    pub key: Option<String>,
+}
+
+/// `fleetwire config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the full, commented default configuration.
+    Default,
+    /// Print the effective configuration (file, environment and flags applied).
+    Show(ServeArgs),
+}
+
+/// `fleetwire certs ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a CA and a server certificate.
+    Init {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Server names and addresses (repeat the flag).
+        #[arg(long = "san", default_values = ["localhost", "127.0.0.1", "::1"])]
+        sans: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a client certificate for a device, signed by the CA in --dir.
+    Device {
+        /// Device id (1..=4294967295).
+        id: u32,
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+}
+
+/// Exit code for unusable configuration.
+pub const EXIT_CONFIG: u8 = 2;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Decode(a) => decode(a),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::Show(a)) => {
+            match Config::load(a.config.as_deref(), &a.flags) {
+                Ok(c) => {
+                    print!("{}", toml::to_string(&c).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleetwire: configuration error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Certs(c) => certs(c),
+        Command::Sim(a) => {
+            init_logging();
+            sim::main(a)
+        }
+        Command::Send(a) => send::main(a),
+        Command::Replay(a) => {
+            init_logging();
+            sim::replay_main(a)
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> ExitCode {
+    init_logging();
+    let cfg = match Config::load(a.config.as_deref(), &a.flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleetwire: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetwire: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listeners = match Listeners::bind(&cfg) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("fleetwire: {e}");
+                return match e {
+                    crate::server::BindError::Config(_) => ExitCode::from(EXIT_CONFIG),
+                    _ => ExitCode::FAILURE,
+                };
+            }
+        };
+        match run(cfg, listeners, shutdown_signal()).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleetwire: {e}");
+                match e {
+                    crate::server::BindError::Config(_) | crate::server::BindError::Keys(_) => {
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                    _ => ExitCode::FAILURE,
+                }
+            }
+        }
+    })
+}
+
+fn decode(a: DecodeArgs) -> ExitCode {
+    let bytes = if a.hex.is_empty() {
+        let mut b = Vec::new();
+        if let Err(e) = std::io::stdin().read_to_end(&mut b) {
+            eprintln!("fleetwire: reading stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        b
+    } else {
+        let hex: String = a.hex.concat().chars().filter(|c| !c.is_whitespace()).collect();
+        match hex::decode(&hex) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("fleetwire: not hex: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    };
+    let key = match a.key.as_deref().map(hex::decode).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("fleetwire: --key is not hex: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let refused = |e: fleetwire_proto::DecodeError| {
+        let v = serde_json::json!({"refused": e.as_str(), "message": e.to_string(), "length": bytes.len()});
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        ExitCode::FAILURE
+    };
+    match fleetwire_proto::decode(&bytes) {
+        Err(e) => refused(e),
+        Ok(f) => {
+            if let (Some(k), Some(tag)) = (&key, f.auth) {
+                if let Err(e) = tag.verify(k) {
+                    return refused(e);
+                }
+            }
+            let mut v = fleetwire_proto::json::frame_to_json(&f);
+            v["length"] = bytes.len().into();
+            if f.auth.is_some() {
+                v["auth_verified"] = key.is_some().into();
+            }
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn certs(c: CertsCommand) -> ExitCode {
+    match c {
+        CertsCommand::Init { dir, sans, force } => match crate::certs::init(&dir, &sans, force) {
+            Ok(f) => {
+                println!(
+                    "CA certificate:     {}  (give to devices; quic_client_ca)",
+                    f.ca_cert.display()
+                );
+                println!(
+                    "CA private key:     {}  (keep secret, offline; signs device certificates)",
+                    f.ca_key.display()
+                );
+                println!("server certificate: {}  (quic_cert)", f.server_cert.display());
+                println!("server private key: {}  (quic_key)", f.server_key.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetwire: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        CertsCommand::Device { id, dir } => {
+            if id == 0 {
+                eprintln!("fleetwire: device id 0 is reserved");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            match crate::certs::device(&dir, id) {
+                Ok((c, k)) => {
+                    println!("device {id} certificate: {}", c.display());
+                    println!(
+                        "device {id} private key: {}  (install on the device only)",
+                        k.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fleetwire: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

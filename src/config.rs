@@ -1,0 +1,375 @@
+//! Server configuration: built-in defaults, then an optional TOML file,
+//! then `FLEETWIRE_*` environment variables, then command-line flags (each
+//! layer overrides the one before).
+//!
+//! Every key is at the top level, so the same name works everywhere:
+//! `offline_after = "2m"` in the file, `FLEETWIRE_OFFLINE_AFTER=2m` in the
+//! environment, `--offline-after 2m` on the command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::EngineConfig;
+
+/// How QUIC clients must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates: any client may connect.
+    None,
+    /// A client certificate, if presented, must chain to `quic_client_ca`.
+    Optional,
+    /// Every client must present a certificate that chains to `quic_client_ca`.
+    Required,
+}
+
+/// How UDP frames must be authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpAuth {
+    /// Tags are not checked.
+    Off,
+    /// Tags are verified when present (and the device has a key); frames
+    /// without one are accepted.
+    Optional,
+    /// Every frame must carry a tag that verifies with its device's key.
+    Required,
+}
+
+/// The complete server configuration. See `fleetwire config default`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP ingest address, or "off".
+    pub udp_listen: String,
+    /// QUIC ingest address, or "off".
+    pub quic_listen: String,
+    /// HTTP address for /metrics and the API, or "off".
+    pub http_listen: String,
+    /// Directory for the snapshot and the development certificate.
+    pub data_dir: PathBuf,
+    /// UDP receive threads (SO_REUSEPORT sockets).
+    pub udp_threads: usize,
+    /// Requested SO_RCVBUF per UDP socket, bytes.
+    pub udp_recv_buffer: usize,
+    /// Datagrams per recvmmsg call.
+    pub udp_batch: usize,
+    /// Engine shards (rounded up to a power of two).
+    pub engine_shards: usize,
+    /// A device silent for longer is offline.
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
+    /// A device silent for longer loses its per-device series.
+    #[serde(with = "humantime_serde")]
+    pub series_ttl: Duration,
+    /// Most devices with per-device series on /metrics.
+    pub max_exported_devices: usize,
+    /// Most devices tracked; the one silent longest is evicted first.
+    pub max_devices: usize,
+    /// Fixes implying a higher speed (m/s) are refused.
+    pub max_speed: f64,
+    /// Sample times further ahead of the server clock are refused.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Sample times older than this are refused.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Fixes with a worse horizontal accuracy (m) are refused; 0 = no limit.
+    pub max_hacc: f64,
+    /// Radius (m) within which the odometer ignores movement.
+    pub stationary_radius: f64,
+    /// Reported speed (m/s) from which a device counts as moving.
+    pub moving_speed: f64,
+    /// Without reported speed, stopped after the position has not changed this long.
+    #[serde(with = "humantime_serde")]
+    pub stop_after: Duration,
+    /// Sliding window for reading statistics.
+    #[serde(with = "humantime_serde")]
+    pub reading_window: Duration,
+    /// Most samples kept per reading and device.
+    pub reading_samples: usize,
+    /// Most distinct reading names per device.
+    pub max_readings_per_device: usize,
+    /// How often the device state is written to the data dir; "0s" = only at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Whether to save and restore device state at all.
+    pub snapshot: bool,
+    /// QUIC server certificate chain (PEM); empty = a development certificate in data_dir.
+    pub quic_cert: PathBuf,
+    /// QUIC server private key (PEM).
+    pub quic_key: PathBuf,
+    /// CA certificate(s) (PEM) that device client certificates must chain to.
+    pub quic_client_ca: PathBuf,
+    /// Client certificate policy.
+    pub client_auth: ClientAuth,
+    /// Most concurrent QUIC connections.
+    pub quic_max_connections: usize,
+    /// Close QUIC connections idle for longer (devices send keep-alives to stay).
+    #[serde(with = "humantime_serde")]
+    pub quic_idle_timeout: Duration,
+    /// QUIC datagram receive buffer per connection, bytes.
+    pub quic_datagram_buffer: usize,
+    /// Require address validation (a Retry round trip) before a handshake.
+    pub quic_retry: bool,
+    /// UDP frame authentication policy.
+    pub udp_auth: UdpAuth,
+    /// Device keys file (`<device id> <hex key>` per line); reloaded on SIGHUP.
+    pub keys_file: PathBuf,
+    /// Datagrams per second allowed from one source address; 0 = unlimited.
+    pub rate_limit_source: f64,
+    /// Datagrams per second allowed for one device id; 0 = unlimited.
+    pub rate_limit_device: f64,
+    /// Burst size of both limits, in datagrams.
+    pub rate_limit_burst: f64,
+    /// Most source addresses tracked by the rate limiter.
+    pub rate_limit_sources: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            udp_listen: "0.0.0.0:4480".into(),
+            quic_listen: "0.0.0.0:4481".into(),
+            http_listen: "0.0.0.0:9480".into(),
+            data_dir: "fleetwire-data".into(),
+            udp_threads: 1,
+            udp_recv_buffer: 16 << 20,
+            udp_batch: 32,
+            engine_shards: 16,
+            offline_after: Duration::from_secs(60),
+            series_ttl: Duration::from_secs(600),
+            max_exported_devices: 10_000,
+            max_devices: 1_000_000,
+            max_speed: 100.0,
+            max_future: Duration::from_secs(300),
+            max_age: Duration::from_secs(7 * 86_400),
+            max_hacc: 0.0,
+            stationary_radius: 10.0,
+            moving_speed: 1.0,
+            stop_after: Duration::from_secs(30),
+            reading_window: Duration::from_secs(60),
+            reading_samples: 128,
+            max_readings_per_device: 32,
+            snapshot_interval: Duration::from_secs(60),
+            snapshot: true,
+            quic_cert: PathBuf::new(),
+            quic_key: PathBuf::new(),
+            quic_client_ca: PathBuf::new(),
+            client_auth: ClientAuth::None,
+            quic_max_connections: 100_000,
+            quic_idle_timeout: Duration::from_secs(60),
+            quic_datagram_buffer: 1 << 20,
+            quic_retry: false,
+            udp_auth: UdpAuth::Off,
+            keys_file: PathBuf::new(),
+            rate_limit_source: 0.0,
+            rate_limit_device: 0.0,
+            rate_limit_burst: 100.0,
+            rate_limit_sources: 65_536,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, an environment variable or a flag could not be read as the
+    /// key's type, or names an unknown key.
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value was read but is not allowed.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The config file named on the command line does not exist.
+    #[error("config file {0} not found")]
+    MissingFile(PathBuf),
+}
+
+/// A listen address setting: an address, or disabled.
+pub fn listen_addr(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    match value.trim() {
+        "" | "off" | "none" => Ok(None),
+        v => v.parse().map(Some).map_err(|e| ConfigError::Invalid {
+            key,
+            reason: format!("{v:?} is not an address like 0.0.0.0:4480 or [::]:4480 ({e})"),
+        }),
+    }
+}
+
+impl Config {
+    /// Layers defaults, `file` (if any), the environment and `overrides`
+    /// (command-line flags, already as a key/value map) and checks the result.
+    pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::MissingFile(f.to_path_buf()));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig
+            .merge(Env::prefixed("FLEETWIRE_").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let inv = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        listen_addr("udp_listen", &self.udp_listen)?;
+        listen_addr("quic_listen", &self.quic_listen)?;
+        listen_addr("http_listen", &self.http_listen)?;
+        if self.udp_threads == 0 || self.udp_threads > 64 {
+            return inv("udp_threads", "must be 1 to 64");
+        }
+        if self.udp_batch == 0 || self.udp_batch > 1024 {
+            return inv("udp_batch", "must be 1 to 1024");
+        }
+        if self.engine_shards == 0 || self.engine_shards > 1024 {
+            return inv("engine_shards", "must be 1 to 1024");
+        }
+        if self.offline_after.is_zero() {
+            return inv("offline_after", "must be longer than 0s");
+        }
+        if self.series_ttl.is_zero() {
+            return inv("series_ttl", "must be longer than 0s");
+        }
+        if self.max_devices == 0 {
+            return inv("max_devices", "must be at least 1");
+        }
+        if !(self.max_speed.is_finite() && self.max_speed > 0.0) {
+            return inv("max_speed", "must be a positive number of m/s");
+        }
+        if !(self.max_hacc.is_finite() && (0.0..=655.35).contains(&self.max_hacc)) {
+            return inv("max_hacc", "must be 0 (no limit) to 655.35 m");
+        }
+        if !(self.stationary_radius.is_finite() && self.stationary_radius >= 0.0) {
+            return inv("stationary_radius", "must be 0 or more meters");
+        }
+        if !(self.moving_speed.is_finite() && self.moving_speed >= 0.0) {
+            return inv("moving_speed", "must be 0 or more m/s");
+        }
+        if self.reading_window.is_zero() {
+            return inv("reading_window", "must be longer than 0s");
+        }
+        if self.reading_samples == 0 || self.reading_samples > 65_536 {
+            return inv("reading_samples", "must be 1 to 65536");
+        }
+        if self.max_readings_per_device > 1024 {
+            return inv("max_readings_per_device", "must be at most 1024");
+        }
+        if self.client_auth != ClientAuth::None && self.quic_client_ca.as_os_str().is_empty() {
+            return inv("quic_client_ca", "is required when client_auth is optional or required");
+        }
+        if self.quic_cert.as_os_str().is_empty() != self.quic_key.as_os_str().is_empty() {
+            return inv("quic_key", "quic_cert and quic_key go together");
+        }
+        if self.quic_max_connections == 0 {
+            return inv("quic_max_connections", "must be at least 1");
+        }
+        if self.udp_auth != UdpAuth::Off && self.keys_file.as_os_str().is_empty() {
+            return inv("keys_file", "is required when udp_auth is optional or required");
+        }
+        for (key, v) in [
+            ("rate_limit_source", self.rate_limit_source),
+            ("rate_limit_device", self.rate_limit_device),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return inv(key, "must be 0 (unlimited) or a positive rate");
+            }
+        }
+        if !(self.rate_limit_burst.is_finite() && self.rate_limit_burst >= 1.0) {
+            return inv("rate_limit_burst", "must be at least 1");
+        }
+        if self.rate_limit_sources == 0 {
+            return inv("rate_limit_sources", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The engine's view of this configuration.
+    pub fn engine(&self) -> EngineConfig {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        let shards = self.engine_shards.clamp(1, 1024).next_power_of_two();
+        EngineConfig {
+            offline_after_ms: ms(self.offline_after),
+            series_ttl_ms: ms(self.series_ttl),
+            max_exported_devices: self.max_exported_devices,
+            max_devices_per_shard: (self.max_devices / shards).max(1),
+            max_speed_m_s: self.max_speed,
+            relocate_after: 3,
+            max_future_ms: ms(self.max_future),
+            max_age_ms: ms(self.max_age),
+            max_hacc_cm: (self.max_hacc * 100.0).round() as u16,
+            stationary_radius_m: self.stationary_radius,
+            moving_speed_m_s: self.moving_speed,
+            stop_after_ms: ms(self.stop_after),
+            reading_window_ms: ms(self.reading_window),
+            reading_samples: self.reading_samples,
+            max_readings_per_device: self.max_readings_per_device,
+        }
+    }
+}
+
+/// The commented default configuration printed by `fleetwire config default`.
+pub const DEFAULT_TOML: &str = include_str!("default-config.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).expect("default config parses");
+        assert_eq!(parsed, Config::default());
+        // Every key is written out (uncommented) in the template.
+        let table: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+        let json = serde_json::to_value(Config::default()).unwrap();
+        for key in json.as_object().unwrap().keys() {
+            assert!(table.contains_key(key), "{key} missing from default-config.toml");
+        }
+    }
+
+    #[test]
+    fn layers_and_errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("f.toml", "offline_after = \"2m\"\nmax_devices = 5\n")?;
+            jail.set_env("FLEETWIRE_MAX_DEVICES", "7");
+            let flags = serde_json::json!({"udp_listen": "127.0.0.1:1"});
+            let c = Config::load(Some(Path::new("f.toml")), &flags).unwrap();
+            assert_eq!(c.offline_after, Duration::from_secs(120));
+            assert_eq!(c.max_devices, 7);
+            assert_eq!(c.udp_listen, "127.0.0.1:1");
+
+            jail.set_env("FLEETWIRE_MAX_DEVICES", "many");
+            let e = Config::load(None, &serde_json::json!({})).unwrap_err().to_string();
+            assert!(e.to_lowercase().contains("max_devices"), "{e}");
+
+            jail.set_env("FLEETWIRE_MAX_DEVICES", "7");
+            jail.create_file("bad.toml", "ofline_after = \"2m\"\n")?;
+            let e = Config::load(Some(Path::new("bad.toml")), &serde_json::json!({}))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("ofline_after"), "{e}");
+
+            let e = Config::load(None, &serde_json::json!({"udp_listen": "nope"}))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("udp_listen"), "{e}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,134 @@
+//! Sending frames over QUIC: one connection per device, frames as DATAGRAM
+//! frames (with backpressure) or as length-prefixed records on one
+//! unidirectional stream per device.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::Sink;
+
+/// How frames travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuicMode {
+    /// DATAGRAM frames (RFC 9221): live samples.
+    Datagram,
+    /// A unidirectional stream per device, u16 big-endian length prefixes: backlog.
+    Stream,
+}
+
+struct Conn {
+    conn: quinn::Connection,
+    stream: Option<quinn::SendStream>,
+}
+
+/// A QUIC client for many devices.
+pub struct QuicSink {
+    endpoint: quinn::Endpoint,
+    target: SocketAddr,
+    server_name: String,
+    mode: QuicMode,
+    conns: HashMap<u32, Conn>,
+    /// Connections that could not be established.
+    pub connect_errors: u64,
+}
+
+impl QuicSink {
+    /// A client endpoint for `target` with `config`.
+    pub fn new(
+        target: SocketAddr,
+        server_name: &str,
+        config: quinn::ClientConfig,
+        mode: QuicMode,
+    ) -> std::io::Result<Self> {
+        let bind: SocketAddr = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(std::io::Error::other)?;
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(config);
+        Ok(QuicSink {
+            endpoint,
+            target,
+            server_name: server_name.into(),
+            mode,
+            conns: HashMap::new(),
+            connect_errors: 0,
+        })
+    }
+
+    async fn conn(&mut self, device: u32) -> std::io::Result<&mut Conn> {
+        if !self.conns.contains_key(&device) {
+            let connecting = self
+                .endpoint
+                .connect(self.target, &self.server_name)
+                .map_err(std::io::Error::other)?;
+            let conn = match connecting.await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.connect_errors += 1;
+                    return Err(std::io::Error::other(e));
+                }
+            };
+            let stream = match self.mode {
+                QuicMode::Stream => Some(conn.open_uni().await.map_err(std::io::Error::other)?),
+                QuicMode::Datagram => None,
+            };
+            self.conns.insert(device, Conn { conn, stream });
+        }
+        self.conns.get_mut(&device).ok_or_else(|| std::io::Error::other("connection vanished"))
+    }
+}
+
+impl Sink for QuicSink {
+    async fn send(&mut self, device: u32, bytes: &[u8]) -> std::io::Result<()> {
+        let c = self.conn(device).await?;
+        match &mut c.stream {
+            Some(s) => {
+                let len = u16::try_from(bytes.len()).map_err(std::io::Error::other)?;
+                s.write_all(&len.to_be_bytes()).await.map_err(std::io::Error::other)?;
+                s.write_all(bytes).await.map_err(std::io::Error::other)
+            }
+            None => {
+                let fits = c.conn.max_datagram_size().is_some_and(|m| bytes.len() <= m);
+                if !fits {
+                    return Err(std::io::Error::other("frame larger than the QUIC datagram size"));
+                }
+                c.conn
+                    .send_datagram_wait(Bytes::copy_from_slice(bytes))
+                    .await
+                    .map_err(std::io::Error::other)
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        for c in self.conns.values_mut() {
+            if let Some(mut s) = c.stream.take() {
+                let _ = s.finish();
+                // Resolves once the server has read the stream to its end.
+                let _ = tokio::time::timeout(Duration::from_secs(10), s.stopped()).await;
+            }
+        }
+        // Wait until every queued DATAGRAM frame has left the send buffer,
+        // then for the last packets to arrive.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut rtt = Duration::from_millis(1);
+        for c in self.conns.values() {
+            while c.conn.datagram_send_buffer_space()
+                < crate::transport::quic::CLIENT_DATAGRAM_SEND_BUFFER
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            rtt = rtt.max(c.conn.rtt());
+        }
+        tokio::time::sleep((rtt * 4).max(Duration::from_millis(50))).await;
+        for c in self.conns.values() {
+            c.conn.close(0u32.into(), b"done");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        Ok(())
+    }
+}
