@@ -35,9 +35,9 @@ pub struct SendArgs {
     /// Device timestamp, Unix ms (default: now; 0 = no clock).
     #[arg(long)]
     pub timestamp_ms: Option<u64>,
-    /// Sign the frame with this key (hex): HMAC-SHA-256 tag.
-    #[arg(long)]
-    pub key: Option<String>,
+    /// Sign the frame with this device key (hex): HMAC-SHA-256 tag.
+    #[arg(long, env = "FLEETWIRE_AUTH_KEY")]
+    pub auth_key: Option<String>,
     /// Print the datagram as hex on stdout.
     #[arg(long)]
     pub print: bool,
@@ -164,9 +164,9 @@ pub fn main(a: SendArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(e, 2),
     };
-    let key = match a.key.as_deref().map(hex::decode).transpose() {
+    let key = match a.auth_key.as_deref().map(hex::decode).transpose() {
         Ok(k) => k,
-        Err(e) => return fail(format!("--key is not hex: {e}"), 2),
+        Err(e) => return fail(format!("--auth-key is not hex: {e}"), 2),
     };
     let (seq, counter) = next_seq(&a);
     let ts = a.timestamp_ms.unwrap_or_else(crate::now_ms);

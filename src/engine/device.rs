@@ -61,10 +61,10 @@ pub struct Track {
     /// Total distance, meters (great circle between odometer anchors).
     pub odometer_m: f64,
     /// Speed between the last two accepted fixes, m/s.
-    pub derived_speed_m_s: f32,
+    pub derived_speed_m_s: f64,
     /// Bearing between the last two accepted fixes that were far enough
     /// apart to have one, degrees.
-    pub derived_heading_deg: f32,
+    pub derived_heading_deg: f64,
     /// The point the odometer last advanced from (1e-7 degrees).
     anchor: Option<(i32, i32)>,
     /// When the anchor last moved, Unix ms.
@@ -145,11 +145,11 @@ pub struct Device {
     /// Sequence accounting.
     pub seq: SeqTracker,
     /// RFC 3550 interarrival jitter estimate, ms.
-    pub jitter_ms: f32,
+    pub jitter_ms: f64,
     /// Transit time (arrival - device timestamp) of the previous frame, ms.
     prev_transit_ms: Option<i64>,
     /// One-way latency of the last frame with a device timestamp, ms.
-    pub latency_ms: Option<f32>,
+    pub latency_ms: Option<f64>,
     /// Last accepted fix.
     pub fix: Option<Fix>,
     /// Odometer and motion.
@@ -221,11 +221,11 @@ impl Device {
         let transit = now_ms as i64 - device_ts_ms as i64;
         if let Some(prev) = self.prev_transit_ms {
             // RFC 3550 section 6.4.1: J += (|D| - J) / 16.
-            let d = (transit - prev).unsigned_abs() as f32;
+            let d = (transit - prev).unsigned_abs() as f64;
             self.jitter_ms += (d - self.jitter_ms) / 16.0;
         }
         self.prev_transit_ms = Some(transit);
-        self.latency_ms = Some(transit as f32);
+        self.latency_ms = Some(transit as f64);
     }
 
     /// Applies a Position taken at `t_ms`.
@@ -278,7 +278,10 @@ impl Device {
         }
         let d = geo::distance_m(last.lat(), last.lon(), p.lat_deg(), p.lon_deg());
         let dt = (t_ms - last.t_ms) as f64 / 1000.0;
-        if d / dt > cfg.max_speed_m_s {
+        // Two fixes can each be off by their accuracy: at high rates GPS
+        // noise alone would otherwise look like an impossible speed.
+        let slack = 2.0 * f64::from(u32::from(last.hacc_cm) + u32::from(p.hacc_cm)) / 100.0;
+        if (d - slack).max(0.0) / dt > cfg.max_speed_m_s {
             self.track.implausible_run = self.track.implausible_run.saturating_add(1);
             if self.track.implausible_run < cfg.relocate_after {
                 return Err(FilterReason::ImplausibleSpeed);
@@ -299,11 +302,11 @@ impl Device {
             let d = geo::distance_m(last.lat(), last.lon(), new.lat(), new.lon());
             let dt = (t_ms - last.t_ms) as f64 / 1000.0;
             if dt > 0.0 {
-                self.track.derived_speed_m_s = (d / dt) as f32;
+                self.track.derived_speed_m_s = d / dt;
             }
             if d >= 1.0 {
                 self.track.derived_heading_deg =
-                    geo::bearing_deg(last.lat(), last.lon(), new.lat(), new.lon()) as f32;
+                    geo::bearing_deg(last.lat(), last.lon(), new.lat(), new.lon());
             }
         }
         // Odometer: advance only once the fix has left a radius around the

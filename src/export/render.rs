@@ -27,8 +27,8 @@ struct Row {
     late: u64,
     bytes: u64,
     filtered: u32,
-    jitter_ms: f32,
-    latency_ms: Option<f32>,
+    jitter_ms: f64,
+    latency_ms: Option<f64>,
     info: Option<(String, String)>,
     readings: Vec<(String, WindowStats)>,
 }
@@ -396,7 +396,7 @@ fn render_devices(rows: &[Row], out: &mut String) {
         "fleetwire_device_jitter_seconds",
         "gauge",
         "Interarrival jitter (RFC 3550) from the device clock; 0 without clock.",
-        |r| Some(f64::from(r.jitter_ms) / 1000.0),
+        |r| Some(r.jitter_ms / 1000.0),
     );
     per_device(
         out,
@@ -404,7 +404,7 @@ fn render_devices(rows: &[Row], out: &mut String) {
         "fleetwire_device_latency_seconds",
         "gauge",
         "One-way latency of the last frame (arrival minus device timestamp; includes clock offset).",
-        |r| r.latency_ms.map(|l| f64::from(l) / 1000.0),
+        |r| r.latency_ms.map(|l| l / 1000.0),
     );
     per_device(
         out,

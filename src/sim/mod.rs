@@ -194,6 +194,10 @@ pub trait Sink {
     async fn send(&mut self, device: u32, bytes: &[u8]) -> std::io::Result<()>;
     /// Waits until everything sent has left.
     async fn flush(&mut self) -> std::io::Result<()>;
+    /// Prepares to send for these devices (connects, for QUIC).
+    async fn prepare(&mut self, _devices: &[u32]) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Plain UDP.
@@ -284,12 +288,21 @@ pub async fn run<S: Sink>(
         .collect();
     let mut buf = frame_buf();
     let mut out = Vec::new();
+    let ids: Vec<u32> = devices.iter().map(|d| d.id).collect();
+    if let Err(e) = sink.prepare(&ids).await {
+        tracing::warn!(error = %e, "could not prepare every device's connection");
+    }
+    // Paced runs stamp frames with the real clock; unpaced (load) runs with
+    // a synthetic clock advancing 1 ms per frame of a device, so timestamps
+    // stay plausible however fast frames go out.
+    let t0 = now_ms();
+    let clock = |k: u64| if plan.rate > 0.0 { now_ms() } else { t0 + k };
     for d in &mut devices {
-        let n = d.hello(now_ms(), &mut buf);
+        let n = d.hello(clock(0), &mut buf);
         inj.clean(d.id, &buf[..n], &mut out);
     }
     let mut last_progress = Instant::now();
-    let dt = if plan.rate > 0.0 { 1.0 / plan.rate } else { 1.0 };
+    let dt = if plan.rate > 0.0 { 1.0 / plan.rate } else { 0.001 };
     let total = plan.frames_per_device * u64::from(plan.devices);
     let mut done = 0u64;
     let mut c = Counters::default();
@@ -304,7 +317,7 @@ pub async fn run<S: Sink>(
                     tokio::time::sleep(Duration::from_secs_f64(ahead)).await;
                 }
             }
-            let n = d.next_frame(now_ms(), dt, &mut buf);
+            let n = d.next_frame(clock(k + 1), dt, &mut buf);
             inj.frame(d.id, &buf[..n], &mut out);
             flush_out(&mut out, sink, &mut record, &mut c).await;
             done += 1;

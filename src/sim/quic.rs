@@ -103,6 +103,42 @@ impl Sink for QuicSink {
         }
     }
 
+    async fn prepare(&mut self, devices: &[u32]) -> std::io::Result<()> {
+        // Handshake with up to 64 devices at a time.
+        for chunk in devices.chunks(64) {
+            let handshakes = chunk.iter().map(|&d| {
+                let (ep, target, name, mode) =
+                    (self.endpoint.clone(), self.target, self.server_name.clone(), self.mode);
+                async move {
+                    let conn = ep
+                        .connect(target, &name)
+                        .map_err(std::io::Error::other)?
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    let stream = match mode {
+                        QuicMode::Stream => {
+                            Some(conn.open_uni().await.map_err(std::io::Error::other)?)
+                        }
+                        QuicMode::Datagram => None,
+                    };
+                    Ok::<_, std::io::Error>((d, Conn { conn, stream }))
+                }
+            });
+            for r in futures_util::future::join_all(handshakes).await {
+                match r {
+                    Ok((d, c)) => {
+                        self.conns.insert(d, c);
+                    }
+                    Err(e) => {
+                        self.connect_errors += 1;
+                        tracing::debug!(error = %e, "QUIC connect failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         for c in self.conns.values_mut() {
             if let Some(mut s) = c.stream.take() {

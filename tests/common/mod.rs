@@ -1,0 +1,243 @@
+//! Test helpers: a `fleetwire serve` process on loopback ports chosen by
+//! the kernel, its HTTP API, and the other subcommands.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fleetwire");
+
+/// A running server process.
+pub struct Server {
+    pub child: Child,
+    pub udp: SocketAddr,
+    pub quic: Option<SocketAddr>,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn addr_after(line: &str, transport: &str) -> Option<SocketAddr> {
+    if !line.contains("listening") || !line.contains(&format!("transport=\"{transport}\"")) {
+        return None;
+    }
+    let i = line.find("addr=")? + 5;
+    line[i..].split_whitespace().next()?.parse().ok()
+}
+
+impl Server {
+    /// Starts `fleetwire serve` on 127.0.0.1 port 0 for UDP, QUIC and HTTP,
+    /// with `args` appended, and a fresh data dir.
+    pub fn start(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Server::start_in(&dir, args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Like [`start`], with a given data dir (kept by the caller).
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .args([
+                "--udp-listen",
+                "127.0.0.1:0",
+                "--quic-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn fleetwire serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let (mut udp, mut quic, mut http) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let quic_wanted = !args.windows(2).any(|w| w == ["--quic-listen", "off"]);
+        while udp.is_none() || http.is_none() || (quic_wanted && quic.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    udp = udp.or(addr_after(&line, "udp"));
+                    quic = quic.or(addr_after(&line, "quic"));
+                    http = http.or(addr_after(&line, "http"));
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("server did not start; log:\n{}", log.lock().unwrap().join("\n"));
+                }
+            }
+        }
+        Server {
+            child,
+            udp: udp.unwrap(),
+            quic,
+            http: http.unwrap(),
+            data_dir: data_dir.to_path_buf(),
+            log,
+            _tmp: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        ureq::get(&self.url(path)).call().expect("GET").body_mut().read_to_string().expect("body")
+    }
+
+    pub fn json(&self, path: &str) -> Value {
+        serde_json::from_str(&self.get(path)).expect("json")
+    }
+
+    pub fn status(&self, path: &str) -> u16 {
+        match ureq::get(&self.url(path)).config().http_status_as_error(false).build().call() {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    /// Sum of a metric's samples whose label set contains every `labels` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.metrics(), name, labels)
+    }
+
+    /// Polls `f` until it returns true (or panics after `secs`).
+    pub fn wait_until(&self, secs: u64, what: &str, mut f: impl FnMut(&Server) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out waiting for {what}; server log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+
+    /// Waits until received = accepted + rejected and the count is `n`.
+    pub fn wait_received(&self, transport: &str, n: u64) {
+        self.wait_until(20, &format!("{n} {transport} datagrams"), |s| {
+            s.metric("fleetwire_datagrams_received_total", &[("transport", transport)]) as u64 >= n
+        });
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let t = Instant::now();
+        unsafe_kill(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return (st, t.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("server did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal with kill(1) (no unsafe code in tests).
+pub fn unsafe_kill(pid: u32, sig: &str) {
+    let st =
+        Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill");
+    assert!(st.success());
+}
+
+/// Sums the samples of `name` in a Prometheus text exposition whose labels
+/// include every pair in `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (metric, labelset) = match series.split_once('{') {
+            Some((m, l)) => (m, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        if labels.iter().all(|(k, v)| labelset.contains(&format!("{k}=\"{v}\""))) {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+/// Runs a `fleetwire` subcommand to completion.
+pub fn fleetwire(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run fleetwire")
+}
+
+/// Runs `fleetwire sim ... --json` and returns its summary.
+pub fn sim(args: &[&str]) -> Value {
+    let mut a = vec!["sim", "--json"];
+    a.extend_from_slice(args);
+    let out = fleetwire(&a);
+    assert!(
+        out.status.success(),
+        "sim failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("sim json")
+}
+
+/// The golden vectors of the wire protocol.
+pub fn vectors(file: &str) -> Vec<Value> {
+    let p = format!("{}/proto/vectors/{file}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// A UDP socket for sending test datagrams.
+pub fn udp_sender() -> std::net::UdpSocket {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap()
+}
