@@ -344,6 +344,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn layers_and_errors_name_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("f.toml", "offline_after = \"2m\"\nmax_devices = 5\n")?;

@@ -88,17 +88,17 @@ impl Reason {
 
     /// Whether this reason can happen on `t` (only those get a counter).
     pub const fn applies_to(self, t: Transport) -> bool {
-        match (self, t) {
-            (Reason::IdentityMismatch, Transport::Udp) => false,
-            (
-                Reason::AuthRequired
-                | Reason::UnknownKey
-                | Reason::Replay
-                | Reason::Decode(DecodeError::BadAuthTag),
-                Transport::Quic,
-            ) => false,
-            _ => true,
-        }
+        !matches!(
+            (self, t),
+            (Reason::IdentityMismatch, Transport::Udp)
+                | (
+                    Reason::AuthRequired
+                        | Reason::UnknownKey
+                        | Reason::Replay
+                        | Reason::Decode(DecodeError::BadAuthTag),
+                    Transport::Quic,
+                )
+        )
     }
 
     /// Position of this reason's counter among the counters of `t`.

@@ -96,6 +96,7 @@ fn recrc(mut v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+#[allow(clippy::too_many_arguments)]
 fn position_payload(
     lat: i64,
     lon: i64,

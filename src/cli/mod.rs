@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the ingest server (UDP 4480, QUIC 4481, HTTP 9480 by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Decode one datagram: hex as argument, or raw bytes on stdin.
     Decode(DecodeArgs),
     /// Configuration helpers.
@@ -163,7 +163,7 @@ pub enum ConfigCommand {
     /// Print the full, commented default configuration.
     Default,
     /// Print the effective configuration (file, environment and flags applied).
-    Show(ServeArgs),
+    Show(Box<ServeArgs>),
 }
 
 /// `fleetwire certs ...`.
@@ -208,7 +208,7 @@ fn init_logging() {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Decode(a) => decode(a),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_TOML}");

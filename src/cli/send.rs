@@ -180,9 +180,7 @@ pub fn main(a: SendArgs) -> ExitCode {
                 );
             };
             let cm = |v: f64| (v * 100.0).round();
-            if !(speed.is_finite() && (0.0..=655.35).contains(speed))
-                || !(0.0..=655.35).contains(hacc)
-            {
+            if !((0.0..=655.35).contains(speed) && (0.0..=655.35).contains(hacc)) {
                 return fail("--speed and --hacc must be 0 to 655.35", 2);
             }
             Body::Position(Position {

@@ -284,7 +284,7 @@ fn render_devices(rows: &[Row], out: &mut String) {
         "fleetwire_device_derived_speed_meters_per_second",
         "gauge",
         "Speed between the last two accepted fixes (great circle over time).",
-        |r| r.fix.map(|_| f64::from(r.track.derived_speed_m_s)),
+        |r| r.fix.map(|_| r.track.derived_speed_m_s),
     );
     per_device(
         out,
@@ -292,7 +292,7 @@ fn render_devices(rows: &[Row], out: &mut String) {
         "fleetwire_device_derived_heading_degrees",
         "gauge",
         "Bearing from the previous accepted fix to the last.",
-        |r| r.fix.map(|_| f64::from(r.track.derived_heading_deg)),
+        |r| r.fix.map(|_| r.track.derived_heading_deg),
     );
     per_device(
         out,

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what fleetwire's tests need on a fresh Debian machine. Idempotent:
+# anything already present is left alone.
+#   - Debian packages: prometheus (promtool and a real Prometheus for the
+#     dashboard test), nats-server (JetStream test), python3 + pip
+#   - PyPI: aioquic (the independent QUIC peer of the interop test)
+#   - rustup: clippy, rustfmt, and a bare-metal target for the no_std build
+#   - cargo-fuzz (optional: a short fuzz run when it installs)
+set -euo pipefail
+
+sudo_if_needed() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "setup: need root (or sudo) for: $*" >&2; return 1; fi
+}
+
+need_apt=()
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v nats-server >/dev/null || need_apt+=(nats-server)
+command -v python3 >/dev/null || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${need_apt[@]}" | sort -u) >/dev/null
+fi
+
+if ! python3 -c 'import aioquic' 2>/dev/null; then
+  echo "setup: pip install aioquic"
+  python3 -m pip install -q aioquic 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages aioquic
+fi
+
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup target list --installed 2>/dev/null | grep -q thumbv7em-none-eabihf \
+    || rustup target add thumbv7em-none-eabihf \
+    || echo "setup: no bare-metal target (the no_std build runs on the host only)"
+fi
+
+if ! command -v cargo-fuzz >/dev/null; then
+  echo "setup: cargo install cargo-fuzz"
+  cargo install -q --locked cargo-fuzz || echo "setup: cargo-fuzz did not install; fuzzing is skipped"
+fi
+echo "setup: done"

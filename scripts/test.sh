@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test of fleetwire: formatting, lints, the no_std build, the
+# Rust unit and integration tests (real promtool, Prometheus, aioquic and
+# nats-server on loopback), the independent Python codec against the golden
+# vectors, and a short fuzz run. Installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "no_std build of fleetwire-proto"
+cargo build -q -p fleetwire-proto --no-default-features
+if rustup target list --installed 2>/dev/null | grep -q thumbv7em-none-eabihf; then
+  cargo build -q -p fleetwire-proto --no-default-features --target thumbv7em-none-eabihf
+  echo "built for thumbv7em-none-eabihf (Cortex-M4F, no std, no allocator)"
+fi
+
+step "cargo test --workspace"
+cargo test --workspace
+
+step "independent Python codec against the golden vectors"
+python3 -m unittest discover -s proto/python
+
+if command -v cargo-fuzz >/dev/null; then
+  step "short fuzz runs (cargo fuzz)"
+  (cd proto/fuzz && for t in $(cargo fuzz list --fuzz-dir . 2>/dev/null); do
+     RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --fuzz-dir . "seeds/$t" -- -max_total_time=20 -print_final_stats=0 2>&1 | tail -n 1
+   done)
+fi
+
+step "all tests passed"
