@@ -99,7 +99,10 @@ pub fn init(dir: &Path, sans: &[String], force: bool) -> Result<InitFiles, CertE
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name.push(DnType::CommonName, "fleetwire CA");
+    // A name of its own: a certificate from another fleetwire CA is then an
+    // unknown issuer, not a bad signature by a namesake.
+    let tag: u32 = rand::random();
+    ca.distinguished_name.push(DnType::CommonName, format!("fleetwire CA {tag:08x}"));
     ca.distinguished_name.push(DnType::OrganizationName, "fleetwire");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![

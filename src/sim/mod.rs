@@ -338,7 +338,10 @@ pub async fn run<S: Sink>(
     }
     inj.finish(&mut out);
     flush_out(&mut out, sink, &mut record, &mut c).await;
-    let _ = sink.flush().await;
+    if let Err(e) = sink.flush().await {
+        eprintln!("sim: {e}");
+        c.errors += 1;
+    }
     if let Some(r) = record {
         let _ = r.flush();
     }

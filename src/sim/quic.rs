@@ -161,10 +161,24 @@ impl Sink for QuicSink {
             rtt = rtt.max(c.conn.rtt());
         }
         tokio::time::sleep((rtt * 4).max(Duration::from_millis(50))).await;
+        // A connection the server closed (a client certificate it refused,
+        // say) lost what was sent on it: that is an error for the caller.
+        let refused: Vec<String> = self
+            .conns
+            .values()
+            .filter_map(|c| c.conn.close_reason())
+            .map(|r| r.to_string())
+            .collect();
         for c in self.conns.values() {
             c.conn.close(0u32.into(), b"done");
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
-        Ok(())
+        match refused.first() {
+            None => Ok(()),
+            Some(r) => Err(std::io::Error::other(format!(
+                "{} connection(s) closed by the server: {r}",
+                refused.len()
+            ))),
+        }
     }
 }

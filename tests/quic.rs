@@ -1,0 +1,357 @@
+//! QUIC ingest: datagrams and streams, mutual TLS, stream error isolation,
+//! and interop with an independent implementation (aioquic).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use fleetwire_proto::{Body, Event, FixType, Frame, Position, Severity, encode};
+
+fn dev_ca(s: &Server) -> String {
+    s.data_dir.join("dev-cert.pem").to_str().unwrap().to_string()
+}
+
+#[test]
+fn datagrams_and_streams_from_many_devices_give_exact_counts() {
+    let s = Server::start(&[]);
+    let quic = s.quic.unwrap().to_string();
+    let ca = dev_ca(&s);
+    let r = sim(&[
+        "--target",
+        &quic,
+        "--transport",
+        "quic",
+        "--ca",
+        &ca,
+        "--devices",
+        "40",
+        "--rate",
+        "0",
+        "--frames",
+        "30",
+        "--seed",
+        "21",
+        "--loss",
+        "3",
+        "--dup",
+        "3",
+        "--reorder",
+        "3",
+        "--corrupt",
+        "3",
+    ]);
+    assert_eq!(r["errors"], 0, "{r}");
+    let dgrams = r["sent"].as_u64().unwrap();
+    s.wait_received("quic", dgrams);
+    let streams = sim(&[
+        "--target",
+        &quic,
+        "--transport",
+        "quic",
+        "--quic-mode",
+        "stream",
+        "--ca",
+        &ca,
+        "--devices",
+        "10",
+        "--first-id",
+        "1000",
+        "--rate",
+        "0",
+        "--frames",
+        "100",
+        "--seed",
+        "22",
+    ]);
+    assert_eq!(streams["errors"], 0);
+    let stream_frames = streams["sent"].as_u64().unwrap();
+    s.wait_received("quic", dgrams + stream_frames);
+    let m = s.metrics();
+    let q = [("transport", "quic")];
+    assert_eq!(
+        metric_sum(&m, "fleetwire_datagrams_received_total", &q) as u64,
+        dgrams + stream_frames
+    );
+    assert_eq!(
+        metric_sum(&m, "fleetwire_datagrams_rejected_total", &q),
+        r["corrupted"].as_f64().unwrap()
+    );
+    assert_eq!(metric_sum(&m, "fleetwire_quic_stream_frames_total", &[]) as u64, stream_frames);
+    assert_eq!(
+        metric_sum(&m, "fleetwire_records_total", &[]) as u64,
+        r["records"].as_u64().unwrap() + streams["records"].as_u64().unwrap()
+    );
+    assert_eq!(metric_sum(&m, "fleetwire_quic_datagrams_dropped_total", &[]), 0.0);
+    assert_eq!(metric_sum(&m, "fleetwire_datagrams_received_total", &[("transport", "udp")]), 0.0);
+    let sum = s.json("/api/summary");
+    assert_eq!(sum["lost"], r["lost"]);
+    assert_eq!(sum["duplicates"], r["duplicated"]);
+    assert_eq!(sum["reordered"], r["reordered"]);
+    assert_eq!(sum["devices"], 50);
+    s.wait_until(10, "connections to close", |s| {
+        s.metric("fleetwire_quic_connections", &[]) == 0.0
+    });
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let out = fleetwire(&["certs", "init", "--dir", dir.path().to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Pki { dir }
+    }
+    fn path(&self, f: &str) -> String {
+        self.dir.path().join(f).to_str().unwrap().to_string()
+    }
+    fn device(&self, id: u32) -> (String, String) {
+        let out = fleetwire(&[
+            "certs",
+            "device",
+            &id.to_string(),
+            "--dir",
+            self.dir.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (self.path(&format!("device-{id}.pem")), self.path(&format!("device-{id}.key")))
+    }
+}
+
+fn sim_raw(args: &[&str]) -> std::process::Output {
+    let mut a = vec!["sim", "--json"];
+    a.extend_from_slice(args);
+    fleetwire(&a)
+}
+
+#[test]
+fn mutual_tls_accepts_our_devices_and_refuses_others() {
+    let pki = Pki::new();
+    let foreign = Pki::new();
+    let s = Server::start(&[
+        "--quic-cert",
+        &pki.path("server.pem"),
+        "--quic-key",
+        &pki.path("server.key"),
+        "--quic-client-ca",
+        &pki.path("ca.pem"),
+        "--client-auth",
+        "required",
+    ]);
+    let quic = s.quic.unwrap().to_string();
+    let ca = pki.path("ca.pem");
+
+    // A device with a certificate from our CA is accepted.
+    let (cert, key) = pki.device(7);
+    let ok = sim(&[
+        "--target",
+        &quic,
+        "--transport",
+        "quic",
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--devices",
+        "1",
+        "--first-id",
+        "7",
+        "--rate",
+        "0",
+        "--frames",
+        "20",
+    ]);
+    assert_eq!(ok["errors"], 0);
+    s.wait_received("quic", 21);
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[("transport", "quic")]), 21.0);
+
+    // The certificate's device id is authoritative: frames claiming device 8 are refused.
+    let bad = sim(&[
+        "--target",
+        &quic,
+        "--transport",
+        "quic",
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--devices",
+        "1",
+        "--first-id",
+        "8",
+        "--rate",
+        "0",
+        "--frames",
+        "9",
+    ]);
+    s.wait_received("quic", 31);
+    assert_eq!(
+        s.metric(
+            "fleetwire_datagrams_rejected_total",
+            &[("transport", "quic"), ("reason", "identity_mismatch")]
+        ),
+        bad["sent"].as_f64().unwrap()
+    );
+    assert_eq!(s.status("/api/devices/8"), 404);
+
+    // A certificate from another CA fails the handshake.
+    let (fcert, fkey) = foreign.device(7);
+    let out = sim_raw(&[
+        "--target",
+        &quic,
+        "--transport",
+        "quic",
+        "--ca",
+        &ca,
+        "--cert",
+        &fcert,
+        "--key",
+        &fkey,
+        "--devices",
+        "1",
+        "--first-id",
+        "7",
+        "--rate",
+        "0",
+        "--frames",
+        "5",
+    ]);
+    assert!(!out.status.success(), "a foreign certificate was accepted");
+    s.wait_until(10, "unknown_ca failure", |s| {
+        s.metric("fleetwire_quic_handshake_failures_total", &[("reason", "unknown_ca")]) >= 1.0
+    });
+
+    // No certificate at all, when one is required.
+    let out = sim_raw(&[
+        "--target",
+        &quic,
+        "--transport",
+        "quic",
+        "--ca",
+        &ca,
+        "--devices",
+        "1",
+        "--first-id",
+        "7",
+        "--rate",
+        "0",
+        "--frames",
+        "5",
+    ]);
+    assert!(!out.status.success(), "a client without certificate was accepted");
+    s.wait_until(10, "no_certificate failure", |s| {
+        s.metric("fleetwire_quic_handshake_failures_total", &[("reason", "no_certificate")]) >= 1.0
+    });
+    // Nothing from the refused clients reached the engine.
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[("transport", "quic")]), 21.0);
+}
+
+fn frame(device: u32, seq: u32) -> Vec<u8> {
+    let mut buf = [0u8; 1200];
+    let body = if seq % 2 == 0 {
+        Body::Position(Position {
+            lat_e7: 481_372_000 + seq as i32,
+            lon_e7: 115_755_000,
+            alt_dm: 0,
+            speed_cm_s: 0,
+            heading_ddeg: 0,
+            hacc_cm: 100,
+            fix: FixType::Fix3d,
+            satellites: 5,
+        })
+    } else {
+        Body::Event(Event { code: 1, severity: Severity::Info, text: Some("x") })
+    };
+    let n = encode(&Frame::new(device, seq, 0, body), &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_frame_on_a_stream_spoils_nothing_else() {
+    let s = Server::start(&[]);
+    let cfg = fleetwire::transport::quic::client_config(Path::new(&dev_ca(&s)), None).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(cfg);
+    let conn = ep.connect(s.quic.unwrap(), "localhost").unwrap().await.unwrap();
+    let mut st = conn.open_uni().await.unwrap();
+    let mut corrupted = frame(500, 1);
+    corrupted[25] ^= 0x20;
+    let records: Vec<Vec<u8>> = vec![
+        frame(500, 0),
+        corrupted,
+        frame(500, 2),
+        vec![0x55; 1300],
+        frame(500, 3),
+        vec![1, 2, 3],
+    ];
+    for r in &records {
+        st.write_all(&(r.len() as u16).to_be_bytes()).await.unwrap();
+        st.write_all(r).await.unwrap();
+    }
+    st.finish().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), st.stopped()).await.unwrap().unwrap();
+    // The connection is still good for datagrams afterwards.
+    conn.send_datagram(frame(500, 4).into()).unwrap();
+    let s2 = &s;
+    tokio::task::block_in_place(|| {
+        s2.wait_received("quic", 7);
+        let m = s2.metrics();
+        let rej = |r: &str| {
+            metric_sum(
+                &m,
+                "fleetwire_datagrams_rejected_total",
+                &[("transport", "quic"), ("reason", r)],
+            )
+        };
+        assert_eq!(rej("bad_checksum"), 1.0);
+        assert_eq!(rej("too_long"), 1.0);
+        assert_eq!(rej("too_short"), 1.0);
+        assert_eq!(
+            metric_sum(&m, "fleetwire_datagrams_accepted_total", &[("transport", "quic")]),
+            4.0
+        );
+        let d = s2.json("/api/devices/500");
+        assert_eq!(d["sequence"]["received"], 4);
+        assert_eq!(d["sequence"]["lost"], 1, "frame 1 was refused, so it is missing");
+    });
+    conn.close(0u32.into(), b"bye");
+    ep.wait_idle().await;
+}
+
+#[test]
+fn interop_with_aioquic() {
+    let s = Server::start(&[]);
+    let script = format!("{}/tests/interop/aioquic_client.py", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--port", &s.quic.unwrap().port().to_string(), "--ca", &dev_ca(&s)])
+        .args(["--datagrams", "100", "--stream-frames", "50"])
+        .output()
+        .expect("python3 with aioquic (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "aioquic client failed (is aioquic installed? scripts/setup.sh):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["alpn"], "fleetwire/1");
+    s.wait_received("quic", 150);
+    let m = s.metrics();
+    assert_eq!(
+        metric_sum(&m, "fleetwire_datagrams_accepted_total", &[("transport", "quic")]),
+        150.0
+    );
+    assert_eq!(metric_sum(&m, "fleetwire_quic_stream_frames_total", &[]), 50.0);
+    let d = s.json("/api/devices/31337");
+    assert_eq!(d["sequence"]["received"], 150);
+    assert_eq!(d["sequence"]["lost"], 0);
+    assert_eq!(d["readings"][0]["name"], "interop");
+}
