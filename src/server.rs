@@ -24,8 +24,8 @@ use crate::{now_ms, snapshot};
 pub struct Listeners {
     /// UDP ingest sockets (one per receive thread).
     pub udp: Vec<udp::BoundUdp>,
-    /// QUIC ingest socket.
-    pub quic: Option<std::net::UdpSocket>,
+    /// QUIC ingest socket (with the same large receive buffer as UDP ingest).
+    pub quic: Option<udp::BoundUdp>,
     /// HTTP listener.
     pub http: Option<std::net::TcpListener>,
 }
@@ -39,9 +39,10 @@ impl Listeners {
             None => Vec::new(),
         };
         let quic = match listen_addr("quic_listen", &cfg.quic_listen)? {
-            Some(a) => {
-                Some(std::net::UdpSocket::bind(a).map_err(|e| BindError::Io("quic_listen", a, e))?)
-            }
+            Some(a) => Some(
+                udp::bind(a, cfg.udp_recv_buffer, false)
+                    .map_err(|e| BindError::Io("quic_listen", a, e))?,
+            ),
             None => None,
         };
         let http = match listen_addr("http_listen", &cfg.http_listen)? {
@@ -62,7 +63,7 @@ impl Listeners {
     }
     /// The bound QUIC address.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
-        self.quic.as_ref().and_then(|u| u.local_addr().ok())
+        self.quic.as_ref().and_then(|u| u.socket.local_addr().ok())
     }
     /// The bound HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
@@ -148,9 +149,11 @@ pub async fn run(
     }
 
     // QUIC.
+    let mut quic_inodes = Vec::new();
     let quic = match listeners.quic {
-        Some(sock) => {
-            let q = crate::transport::quic::start(&cfg, sock, pipeline.clone())?;
+        Some(b) => {
+            quic_inodes.extend(udp::inode(&b.socket));
+            let q = crate::transport::quic::start(&cfg, b.socket, pipeline.clone())?;
             tracing::info!(transport = "quic", addr = %q.addr, alpn = "fleetwire/1", "listening");
             listening.push(("quic".to_string(), q.addr.to_string()));
             Some(q)
@@ -174,6 +177,7 @@ pub async fn run(
                 metrics: metrics.clone(),
                 pipeline: Some(pipeline.clone()),
                 udp_inodes: inodes.clone(),
+                quic_inodes,
                 started,
                 listening: listening.clone(),
             });

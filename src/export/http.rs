@@ -26,8 +26,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The ingest pipeline (its policies' gauges are refreshed at scrape).
     pub pipeline: Option<Arc<crate::ingest::Pipeline>>,
-    /// Kernel drop counters of the UDP sockets (by inode).
+    /// Kernel drop counters of the UDP ingest sockets (by inode).
     pub udp_inodes: Vec<u64>,
+    /// Kernel drop counters of the QUIC socket (by inode).
+    pub quic_inodes: Vec<u64>,
     /// Server start.
     pub started: Instant,
     /// Addresses the server listens on, for the landing page and /healthz.
@@ -51,8 +53,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// drops) and renders everything.
 pub fn render_all(st: &AppState) -> String {
     if !st.udp_inodes.is_empty() {
-        let drops = crate::transport::udp::kernel_drops(&st.udp_inodes);
-        st.metrics.udp_drops.absolute(drops);
+        st.metrics.udp_drops.absolute(crate::transport::udp::kernel_drops(&st.udp_inodes));
+    }
+    if !st.quic_inodes.is_empty() {
+        st.metrics.quic_drops.absolute(crate::transport::udp::kernel_drops(&st.quic_inodes));
     }
     if let Some(p) = &st.pipeline {
         let pol: &Policy = p.policy();

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub quic: TransportCounters,
     /// Kernel receive-buffer drops of the UDP sockets.
     pub udp_drops: Counter,
+    /// Kernel receive-buffer drops of the QUIC socket.
+    pub quic_drops: Counter,
     /// Granted SO_RCVBUF of the UDP sockets, bytes.
     pub udp_buffer: Gauge,
     /// Open QUIC connections.
@@ -137,6 +139,12 @@ impl Metrics {
             Some(Unit::Bytes),
             "Receive buffer size the kernel granted each UDP socket.",
         );
+        describe_counter(
+            r,
+            "fleetwire_quic_receive_buffer_drops_total",
+            None,
+            "UDP datagrams carrying QUIC that the kernel dropped because the QUIC socket's receive buffer was full.",
+        );
         describe_gauge(r, "fleetwire_quic_connections", None, "Open QUIC connections.");
         describe_counter(
             r,
@@ -212,6 +220,7 @@ impl Metrics {
         metrics::with_local_recorder(&recorder, || process.describe());
         Metrics {
             udp_drops: counter(r, "fleetwire_udp_receive_buffer_drops_total", vec![]),
+            quic_drops: counter(r, "fleetwire_quic_receive_buffer_drops_total", vec![]),
             udp_buffer: gauge(r, "fleetwire_udp_receive_buffer_bytes", vec![]),
             quic_connections: gauge(r, "fleetwire_quic_connections", vec![]),
             quic_handshake_failures: HANDSHAKE_FAILURES

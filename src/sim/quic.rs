@@ -22,6 +22,15 @@ pub enum QuicMode {
 struct Conn {
     conn: quinn::Connection,
     stream: Option<quinn::SendStream>,
+    /// Datagram send buffer space when nothing is queued.
+    empty: usize,
+}
+
+impl Conn {
+    fn new(conn: quinn::Connection, stream: Option<quinn::SendStream>) -> Self {
+        let empty = conn.datagram_send_buffer_space();
+        Conn { conn, stream, empty }
+    }
 }
 
 /// A QUIC client for many devices.
@@ -75,7 +84,7 @@ impl QuicSink {
                 QuicMode::Stream => Some(conn.open_uni().await.map_err(std::io::Error::other)?),
                 QuicMode::Datagram => None,
             };
-            self.conns.insert(device, Conn { conn, stream });
+            self.conns.insert(device, Conn::new(conn, stream));
         }
         self.conns.get_mut(&device).ok_or_else(|| std::io::Error::other("connection vanished"))
     }
@@ -121,10 +130,13 @@ impl Sink for QuicSink {
                         }
                         QuicMode::Datagram => None,
                     };
-                    Ok::<_, std::io::Error>((d, Conn { conn, stream }))
+                    Ok::<_, std::io::Error>((d, Conn::new(conn, stream)))
                 }
             });
-            for r in futures_util::future::join_all(handshakes).await {
+            let t = std::time::Instant::now();
+            let results = futures_util::future::join_all(handshakes).await;
+            tracing::debug!(devices = chunk.len(), elapsed = ?t.elapsed(), "QUIC handshakes done");
+            for r in results {
                 match r {
                     Ok((d, c)) => {
                         self.conns.insert(d, c);
@@ -140,6 +152,7 @@ impl Sink for QuicSink {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
+        let t = std::time::Instant::now();
         for c in self.conns.values_mut() {
             if let Some(mut s) = c.stream.take() {
                 let _ = s.finish();
@@ -152,14 +165,15 @@ impl Sink for QuicSink {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut rtt = Duration::from_millis(1);
         for c in self.conns.values() {
-            while c.conn.datagram_send_buffer_space()
-                < crate::transport::quic::CLIENT_DATAGRAM_SEND_BUFFER
+            while c.conn.datagram_send_buffer_space() < c.empty
+                && c.conn.close_reason().is_none()
                 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             rtt = rtt.max(c.conn.rtt());
         }
+        tracing::debug!(elapsed = ?t.elapsed(), ?rtt, "QUIC datagram buffers drained");
         tokio::time::sleep((rtt * 4).max(Duration::from_millis(50))).await;
         // A connection the server closed (a client certificate it refused,
         // say) lost what was sent on it: that is an error for the caller.
@@ -173,6 +187,7 @@ impl Sink for QuicSink {
             c.conn.close(0u32.into(), b"done");
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
+        tracing::debug!(elapsed = ?t.elapsed(), "QUIC connections closed");
         match refused.first() {
             None => Ok(()),
             Some(r) => Err(std::io::Error::other(format!(

@@ -1,0 +1,335 @@
+//! The dashboards, scrape config and alerts against a real Prometheus
+//! (Debian package `prometheus`) scraping a running server that a simulated
+//! fleet feeds over UDP and QUIC, with loss, duplicates and corruption.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// Runs a tool and returns (success, stdout + stderr).
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out =
+        cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup.sh installs it)"));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn prom_query(base: &str, q: &str) -> Vec<Value> {
+    let mut resp = ureq::get(&format!("{base}/api/v1/query"))
+        .query("query", q)
+        .call()
+        .unwrap_or_else(|e| panic!("query {q}: {e}"));
+    let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(v["status"], "success", "query {q}: {v}");
+    match &v["data"]["result"] {
+        Value::Array(a) => a.clone(),
+        // Scalars and strings are one value.
+        other if !other.is_null() => vec![other.clone()],
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn promtool_checks_are_clean() {
+    let dir = repo("dashboards");
+    let (ok, out) =
+        run(Command::new("promtool").args(["check", "config", "prometheus.yml"]).current_dir(&dir));
+    assert!(ok, "promtool check config:\n{out}");
+    let (ok, out) =
+        run(Command::new("promtool").args(["check", "rules", "alerts.yml"]).current_dir(&dir));
+    assert!(ok, "promtool check rules:\n{out}");
+    let (ok, out) =
+        run(Command::new("promtool").args(["test", "rules", "alerts_test.yml"]).current_dir(&dir));
+    assert!(ok, "promtool test rules:\n{out}");
+}
+
+#[test]
+fn every_alert_has_a_firing_and_a_silent_test_case() {
+    let alerts: Vec<String> = std::fs::read_to_string(repo("dashboards/alerts.yml"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:").map(|n| n.trim().to_string()))
+        .collect();
+    assert!(alerts.len() >= 5, "{alerts:?}");
+    for a in &alerts {
+        assert!(
+            a.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !a.contains('_'),
+            "{a} is not CamelCase"
+        );
+    }
+    let tests = std::fs::read_to_string(repo("dashboards/alerts_test.yml")).unwrap();
+    let mut cases: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in tests.lines() {
+        let t = line.trim();
+        if let Some(n) = t.strip_prefix("alertname:") {
+            current = Some(n.trim().to_string());
+        } else if let Some(rest) = t.strip_prefix("exp_alerts:") {
+            if let Some(n) = current.take() {
+                let e = cases.entry(n).or_default();
+                if rest.trim() == "[]" {
+                    e.1 = true;
+                } else {
+                    e.0 = true;
+                }
+            }
+        }
+    }
+    for a in &alerts {
+        let (fires, silent) = cases.get(a).copied().unwrap_or_default();
+        assert!(fires, "no promtool test case where {a} fires");
+        assert!(silent, "no promtool test case where {a} stays silent");
+    }
+    // Severity label and summary/description annotations on every alert.
+    let text = std::fs::read_to_string(repo("dashboards/alerts.yml")).unwrap();
+    let blocks: Vec<&str> = text.split("- alert:").skip(1).collect();
+    for b in blocks {
+        for want in ["severity:", "summary:", "description:"] {
+            assert!(b.contains(want), "alert {} lacks {want}", b.lines().next().unwrap_or(""));
+        }
+    }
+}
+
+#[test]
+fn dashboard_structure() {
+    let (ok, out) = run(Command::new("python3").arg(repo("dashboards/check_dashboards.py")));
+    assert!(ok, "check_dashboards.py:\n{out}");
+    // The same rules, checked here too.
+    let mut uids = Vec::new();
+    for f in ["fleetwire-overview.json", "fleetwire-device.json", "fleetwire-ingest.json"] {
+        let d: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo(&format!("dashboards/{f}"))).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("{f}: {e}"));
+        uids.push(d["uid"].as_str().unwrap().to_string());
+        let mut panels: Vec<Value> = d["panels"].as_array().unwrap().clone();
+        let mut i = 0;
+        while i < panels.len() {
+            if let Some(inner) = panels[i]["panels"].as_array() {
+                panels.extend(inner.clone());
+            }
+            i += 1;
+        }
+        for p in panels.iter().filter(|p| p["type"] != "row") {
+            let title = p["title"].as_str().unwrap_or("?");
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{f}: {title}");
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"].as_str().is_some_and(|u| !u.is_empty()),
+                "{f}: {title} has no unit"
+            );
+            assert!(
+                p["description"].as_str().is_some_and(|u| !u.is_empty()),
+                "{f}: {title} has no description"
+            );
+        }
+        assert!(
+            !std::fs::read_to_string(repo(&format!("dashboards/{f}")))
+                .unwrap()
+                .contains("\"uid\": \"prometheus\"")
+        );
+    }
+    let n = uids.len();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), n, "dashboard uids are not unique");
+}
+
+#[test]
+fn every_panel_query_returns_data_from_a_real_prometheus() {
+    let s = Server::start(&["--series-ttl", "10m"]);
+    let tmp = tempfile::tempdir().unwrap();
+
+    // A fleet over UDP and one over QUIC, running while Prometheus scrapes,
+    // with loss, duplicates, reordering and corruption.
+    let udp_target = s.udp.to_string();
+    let quic_target = s.quic.unwrap().to_string();
+    let ca = s.data_dir.join("dev-cert.pem");
+    let fleet = |args: &[&str]| {
+        Killed(
+            Command::new(BIN)
+                .arg("sim")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("sim"),
+        )
+    };
+    let _udp = fleet(&[
+        "--target",
+        &udp_target,
+        "--devices",
+        "20",
+        "--rate",
+        "2",
+        "--duration",
+        "120",
+        "--loss",
+        "3",
+        "--dup",
+        "3",
+        "--reorder",
+        "3",
+        "--corrupt",
+        "3",
+        "--seed",
+        "1",
+    ]);
+    let _quic = fleet(&[
+        "--target",
+        &quic_target,
+        "--transport",
+        "quic",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--devices",
+        "10",
+        "--first-id",
+        "101",
+        "--rate",
+        "2",
+        "--duration",
+        "120",
+        "--loss",
+        "3",
+        "--dup",
+        "3",
+        "--corrupt",
+        "3",
+        "--seed",
+        "2",
+    ]);
+
+    // promtool check metrics on the live endpoint.
+    s.wait_until(20, "traffic", |s| {
+        s.metric("fleetwire_datagrams_received_total", &[("transport", "quic")]) > 0.0
+    });
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(s.metrics().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}");
+
+    // Prometheus scraping fleetwire every second, with our alert rules.
+    let port = free_port();
+    let config = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: fleetwire\n    static_configs:\n      - targets: ['{}']\n",
+            repo("dashboards/alerts.yml").display(),
+            s.http
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new("promtool").arg("check").arg("config").arg(&config));
+    assert!(ok, "{out}");
+    let _prom = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", tmp.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus; scripts/setup.sh installs it)"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ready_at = None;
+    while Instant::now() < deadline {
+        let up = ureq::get(&format!("{base}/-/ready")).call().is_ok()
+            && prom_query(&base, "up{job=\"fleetwire\"} == 1").len() == 1;
+        if up && ready_at.is_none() {
+            ready_at = Some(Instant::now());
+        }
+        // Enough scrapes for rate() over the 10 s window used below.
+        if ready_at.is_some_and(|t| t.elapsed() > Duration::from_secs(14)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(ready_at.is_some(), "Prometheus never scraped fleetwire");
+
+    // Every panel expression, with template variables substituted.
+    let (ok, listing) =
+        run(Command::new("python3").arg(repo("dashboards/check_dashboards.py")).args([
+            "--list-exprs",
+            "--set",
+            "device=1",
+            "--set",
+            "instance=.*",
+            "--set",
+            "__rate_interval=10s",
+        ]));
+    assert!(ok, "{listing}");
+    let mut checked = 0;
+    let mut empty = Vec::new();
+    for line in listing.lines().filter(|l| l.starts_with('{')) {
+        let t: Value = serde_json::from_str(line).unwrap();
+        let expr = t["expanded"].as_str().unwrap_or_else(|| t["expr"].as_str().unwrap());
+        assert!(!expr.contains('$'), "unsubstituted variable in {expr}");
+        if prom_query(&base, expr).is_empty() {
+            empty.push(format!("{} / {} / {}: {expr}", t["dashboard"], t["panel"], t["refId"]));
+        }
+        checked += 1;
+    }
+    assert!(checked >= 30, "only {checked} expressions");
+    assert!(
+        empty.is_empty(),
+        "{} of {checked} panel queries returned no data:\n{}",
+        empty.len(),
+        empty.join("\n")
+    );
+
+    // Devices of both transports and the injected faults are visible.
+    assert!(!prom_query(&base, "fleetwire_device_online{device=\"101\"}").is_empty());
+    assert!(
+        !prom_query(&base, "fleetwire_datagrams_rejected_total{reason=\"bad_checksum\"} > 0")
+            .is_empty()
+    );
+    assert!(!prom_query(&base, "fleetwire_frames_duplicate_total > 0").is_empty());
+    // The rules loaded and evaluate.
+    let mut resp = ureq::get(&format!("{base}/api/v1/rules")).call().unwrap();
+    let rules: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let groups = rules["data"]["groups"].as_array().unwrap();
+    let n: usize = groups.iter().map(|g| g["rules"].as_array().unwrap().len()).sum();
+    assert!(n >= 5, "{rules}");
+    for g in groups {
+        for r in g["rules"].as_array().unwrap() {
+            assert_eq!(r["health"], "ok", "rule {} is unhealthy: {r}", r["name"]);
+        }
+    }
+}
