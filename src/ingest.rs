@@ -205,6 +205,10 @@ impl Pipeline {
             out.rejected += replays;
             rejected[Reason::Replay.index(t)] += replays;
         }
+        let totals = &counters.totals;
+        totals.received.fetch_add(datagrams.len() as u64, Ordering::Relaxed);
+        totals.accepted.fetch_add(out.accepted, Ordering::Relaxed);
+        totals.rejected.fetch_add(out.rejected, Ordering::Relaxed);
         counters.received.increment(datagrams.len() as u64);
         counters.bytes.increment(bytes);
         counters.accepted.increment(out.accepted);

@@ -104,7 +104,16 @@ async fn index(State(st): State<Arc<AppState>>) -> Html<String> {
 async fn summary(State(st): State<Arc<AppState>>) -> Json<Value> {
     let s = st.engine.summary();
     let t = &s.totals;
+    let transport = |c: &crate::export::metrics::TransportCounters| {
+        use std::sync::atomic::Ordering::Relaxed;
+        json!({
+            "received": c.totals.received.load(Relaxed),
+            "accepted": c.totals.accepted.load(Relaxed),
+            "rejected": c.totals.rejected.load(Relaxed),
+        })
+    };
     Json(json!({
+        "datagrams": {"udp": transport(&st.metrics.udp), "quic": transport(&st.metrics.quic)},
         "devices": s.devices,
         "online": t.online.min(s.devices),
         "exported": s.exported,

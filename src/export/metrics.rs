@@ -10,6 +10,18 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::ingest::{Reason, Transport};
 
+/// Plain totals of one transport, readable (the Prometheus handles are
+/// write-only), for `/api/summary`.
+#[derive(Debug, Default)]
+pub struct TransportTotals {
+    /// Received.
+    pub received: std::sync::atomic::AtomicU64,
+    /// Accepted.
+    pub accepted: std::sync::atomic::AtomicU64,
+    /// Refused.
+    pub rejected: std::sync::atomic::AtomicU64,
+}
+
 /// Cached counter handles for one transport.
 #[derive(Clone)]
 pub struct TransportCounters {
@@ -21,6 +33,8 @@ pub struct TransportCounters {
     pub bytes: Counter,
     /// Refused, indexed by [`Reason::index`].
     pub rejected: Arc<[Counter]>,
+    /// The same totals, readable.
+    pub totals: Arc<TransportTotals>,
 }
 
 /// Every metric the server records through the `metrics` crate.
@@ -212,6 +226,7 @@ impl Metrics {
                     })
                     .collect::<Vec<_>>()
                     .into(),
+                totals: Arc::default(),
             }
         };
         let udp = per_transport(Transport::Udp);

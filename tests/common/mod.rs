@@ -145,9 +145,12 @@ impl Server {
 
     /// Waits until received = accepted + rejected and the count is `n`.
     pub fn wait_received(&self, transport: &str, n: u64) {
-        self.wait_until(20, &format!("{n} {transport} datagrams"), |s| {
-            s.metric("fleetwire_datagrams_received_total", &[("transport", transport)]) as u64 >= n
-        });
+        self.wait_until(30, &format!("{n} {transport} datagrams"), |s| s.received(transport) >= n);
+    }
+
+    /// Datagrams received on a transport (from /api/summary: cheap to poll).
+    pub fn received(&self, transport: &str) -> u64 {
+        self.json("/api/summary")["datagrams"][transport]["received"].as_u64().unwrap_or(0)
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -1,0 +1,404 @@
+//! Garbage, floods, spoofing, replays, memory bounds, soak, restarts.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fleetwire_proto::{Body, Event, FixType, Frame, Position, Severity, encode, encode_signed};
+use rand::{Rng, RngCore, SeedableRng};
+
+fn position(device: u32, seq: u32) -> Frame<'static> {
+    Frame::new(
+        device,
+        seq,
+        0,
+        Body::Position(Position {
+            lat_e7: 481_372_000 + (seq % 1000) as i32 * 10,
+            lon_e7: 115_755_000,
+            alt_dm: 5_000,
+            speed_cm_s: 100,
+            heading_ddeg: 0,
+            hacc_cm: 300,
+            fix: FixType::Fix3d,
+            satellites: 9,
+        }),
+    )
+}
+
+fn bytes(f: &Frame<'_>) -> Vec<u8> {
+    let mut b = [0u8; 1200];
+    let n = encode(f, &mut b).unwrap();
+    b[..n].to_vec()
+}
+
+fn signed(f: &Frame<'_>, key: &[u8]) -> Vec<u8> {
+    let mut b = [0u8; 1200];
+    let n = encode_signed(f, key, &mut b).unwrap();
+    b[..n].to_vec()
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Sends `datagrams` in bursts, waiting for the server to have read each
+/// burst, so the kernel never has to drop any.
+fn send_paced(
+    s: &Server,
+    sock: &UdpSocket,
+    datagrams: impl Iterator<Item = Vec<u8>>,
+    burst: usize,
+) -> u64 {
+    let base = s.received("udp");
+    let mut sent = 0u64;
+    for d in datagrams {
+        sock.send_to(&d, s.udp).unwrap();
+        sent += 1;
+        if sent % burst as u64 == 0 {
+            s.wait_received("udp", base + sent);
+        }
+    }
+    s.wait_received("udp", base + sent);
+    sent
+}
+
+#[test]
+fn a_hundred_thousand_random_datagrams_are_all_refused_and_counted() {
+    let s = Server::start(&[]);
+    let sock = udp_sender();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xbad);
+    let rss_before = rss_bytes(s.child.id());
+    let datagrams = (0..100_000).map(|_| {
+        let len = rng.random_range(0..=65_507usize);
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        d
+    });
+    let sent = send_paced(&s, &sock, datagrams, 48);
+    assert_eq!(sent, 100_000);
+    let m = s.metrics();
+    assert_eq!(
+        metric_sum(&m, "fleetwire_datagrams_rejected_total", &[("transport", "udp")]) as u64,
+        100_000
+    );
+    assert_eq!(metric_sum(&m, "fleetwire_datagrams_accepted_total", &[]), 0.0);
+    assert_eq!(metric_sum(&m, "fleetwire_udp_receive_buffer_drops_total", &[]), 0.0);
+    // Oversized ones are refused as too_long, tiny ones as too_short.
+    assert!(
+        metric_sum(&m, "fleetwire_datagrams_rejected_total", &[("reason", "too_long")]) > 90_000.0
+    );
+    assert_eq!(s.json("/healthz")["status"], "ok");
+    let grown = rss_bytes(s.child.id()).saturating_sub(rss_before);
+    assert!(grown < 32 << 20, "resident memory grew by {grown} bytes");
+    // And it still takes real traffic.
+    sock.send_to(&bytes(&position(1, 0)), s.udp).unwrap();
+    s.wait_until(10, "accepted", |s| s.metric("fleetwire_datagrams_accepted_total", &[]) == 1.0);
+}
+
+const KEY42: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+#[test]
+fn authenticated_udp_refuses_replays_and_forgeries() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("# device keys\n42 {KEY42}\n")).unwrap();
+    let s = Server::start(&["--udp-auth", "required", "--keys-file", keys.to_str().unwrap()]);
+    let key = hex::decode(KEY42).unwrap();
+    let sock = udp_sender();
+    let send = |d: &[u8]| {
+        sock.send_to(d, s.udp).unwrap();
+    };
+    let rejected = |s: &Server, r: &str| {
+        s.metric("fleetwire_datagrams_rejected_total", &[("reason", r)]) as u64
+    };
+    let mut n = 0;
+    let mut expect = |s: &Server, d: Vec<u8>| {
+        send(&d);
+        n += 1;
+        s.wait_received("udp", n);
+    };
+
+    // Signed frames in order, then one reordered inside the window.
+    for seq in [1u32, 2, 3, 5, 4] {
+        expect(&s, signed(&position(42, seq), &key));
+    }
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 5.0);
+    let d = s.json("/api/devices/42");
+    assert_eq!(
+        (d["sequence"]["reordered"].as_u64(), d["sequence"]["lost"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    // A captured frame sent again is a replay, whatever its position.
+    expect(&s, signed(&position(42, 3), &key));
+    expect(&s, signed(&position(42, 5), &key));
+    assert_eq!(rejected(&s, "replay"), 2);
+
+    // A forged tag is refused and does not move the window: the genuine
+    // frame with that sequence number is still accepted afterwards.
+    let mut forged = signed(&position(42, 9), b"not the key");
+    expect(&s, forged.clone());
+    assert_eq!(rejected(&s, "bad_auth_tag"), 1);
+    let len = forged.len();
+    forged[len - 10] ^= 1; // a flipped tag bit with a valid CRC
+    let crc = fleetwire_proto::crc32c(&forged[..len - 4]);
+    forged[len - 4..].copy_from_slice(&crc.to_le_bytes());
+    expect(&s, forged);
+    assert_eq!(rejected(&s, "bad_auth_tag"), 2);
+    expect(&s, signed(&position(42, 9), &key));
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 6.0);
+    assert_eq!(s.json("/api/devices/42")["sequence"]["highest"], 9);
+
+    // No tag, or no key for the device.
+    expect(&s, bytes(&position(42, 10)));
+    assert_eq!(rejected(&s, "auth_required"), 1);
+    expect(&s, signed(&position(43, 1), &key));
+    assert_eq!(rejected(&s, "unknown_key"), 1);
+
+    // SIGHUP reloads the keys file without a restart.
+    std::fs::write(&keys, format!("42 {KEY42}\n43 {}\n", hex::encode(b"device forty-three key")))
+        .unwrap();
+    unsafe_kill(s.child.id(), "HUP");
+    s.wait_until(10, "keys reloaded", |s| {
+        s.metric("fleetwire_key_reloads_total", &[("result", "ok")]) == 1.0
+    });
+    assert_eq!(s.metric("fleetwire_device_keys", &[]), 2.0);
+    expect(&s, signed(&position(43, 1), b"device forty-three key"));
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 7.0);
+    // A broken keys file keeps the old keys.
+    std::fs::write(&keys, "this is not a keys file\n").unwrap();
+    unsafe_kill(s.child.id(), "HUP");
+    s.wait_until(10, "reload failure", |s| {
+        s.metric("fleetwire_key_reloads_total", &[("result", "failed")]) == 1.0
+    });
+    expect(&s, signed(&position(43, 2), b"device forty-three key"));
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 8.0);
+    let m = s.metrics();
+    assert_eq!(
+        metric_sum(&m, "fleetwire_datagrams_received_total", &[]),
+        metric_sum(&m, "fleetwire_datagrams_accepted_total", &[])
+            + metric_sum(&m, "fleetwire_datagrams_rejected_total", &[])
+    );
+}
+
+#[test]
+fn a_source_at_ten_times_its_quota_gets_its_quota() {
+    let s = Server::start(&["--rate-limit-source", "100", "--rate-limit-burst", "50"]);
+    let noisy = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let quiet = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let start = Instant::now();
+    let (mut loud_sent, mut quiet_sent) = (0u32, 0u32);
+    // 1000/s from one source (10x its quota), 50/s from another, for 3 s.
+    while start.elapsed() < Duration::from_secs(3) {
+        let due = (start.elapsed().as_secs_f64() * 1000.0) as u32;
+        while loud_sent < due {
+            noisy.send_to(&bytes(&position(1, loud_sent)), s.udp).unwrap();
+            loud_sent += 1;
+        }
+        if quiet_sent < due / 20 {
+            quiet.send_to(&bytes(&position(2, quiet_sent)), s.udp).unwrap();
+            quiet_sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    s.wait_received("udp", u64::from(loud_sent + quiet_sent));
+    let got = |id: u32| {
+        s.json(&format!("/api/devices/{id}"))["sequence"]["received"].as_u64().unwrap() as f64
+    };
+    let quota = 50.0 + 100.0 * elapsed;
+    let loud = got(1);
+    assert!(
+        (loud - quota).abs() <= 0.1 * quota,
+        "noisy source got {loud}, its quota is {quota:.0}"
+    );
+    assert_eq!(got(2), f64::from(quiet_sent), "the quiet source lost traffic");
+    assert_eq!(
+        s.metric("fleetwire_datagrams_rejected_total", &[("reason", "rate_limited")]),
+        f64::from(loud_sent) - loud
+    );
+    // Limiter state is bounded even for spoofed sources (unit-tested in
+    // policy.rs); two sources here.
+    assert_eq!(s.metric("fleetwire_rate_limiter_sources", &[]), 2.0);
+}
+
+#[test]
+fn a_million_device_ids_stay_within_the_caps() {
+    let s = Server::start(&[
+        "--max-devices",
+        "50000",
+        "--max-exported-devices",
+        "2000",
+        "--snapshot",
+        "false",
+    ]);
+    let sock = udp_sender();
+    let _ = sock.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut ids = std::collections::HashSet::new();
+    let datagrams = std::iter::from_fn(|| {
+        loop {
+            let id: u32 = rng.random_range(1..=u32::MAX);
+            if ids.len() < 1_000_000 && ids.insert(id) {
+                let e = Body::Event(Event { code: 1, severity: Severity::Info, text: None });
+                return Some(bytes(&Frame::new(id, 0, 0, e)));
+            }
+            if ids.len() >= 1_000_000 {
+                return None;
+            }
+        }
+    });
+    let mut checked = 0;
+    let base_rss = rss_bytes(s.child.id());
+    let mut sent = 0u64;
+    for chunk in datagrams.collect::<Vec<_>>().chunks(100_000) {
+        sent += send_paced(&s, &sock, chunk.iter().cloned(), 512);
+        let sum = s.json("/api/summary");
+        assert!(sum["devices"].as_u64().unwrap() <= 50_000, "{sum}");
+        assert!(sum["exported"].as_u64().unwrap() <= 2_000, "{sum}");
+        checked += 1;
+    }
+    assert_eq!((sent, checked), (1_000_000, 10));
+    let m = s.metrics();
+    assert!(metric_sum(&m, "fleetwire_devices", &[]) <= 50_000.0);
+    assert!(metric_sum(&m, "fleetwire_exported_devices", &[]) <= 2_000.0);
+    let series = m.lines().filter(|l| l.starts_with("fleetwire_device_online{")).count();
+    assert!(series <= 2_000, "{series} devices exported");
+    assert_eq!(
+        metric_sum(&m, "fleetwire_devices_evicted_total", &[])
+            + metric_sum(&m, "fleetwire_devices", &[]),
+        1_000_000.0
+    );
+    let grown = rss_bytes(s.child.id()).saturating_sub(base_rss);
+    assert!(
+        grown < 200 << 20,
+        "resident memory grew by {} MiB for 50,000 tracked devices",
+        grown >> 20
+    );
+}
+
+#[test]
+fn soak_sent_equals_accepted_plus_refused_plus_kernel_drops() {
+    let secs: u64 = std::env::var("SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let s = Server::start(&["--udp-recv-buffer", "262144"]);
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("soak.fwrec");
+    // A capture with some corrupted datagrams, replayed as fast as the
+    // sender goes, looped for the soak duration.
+    let r = sim(&[
+        "--target",
+        "127.0.0.1:9",
+        "--devices",
+        "500",
+        "--rate",
+        "0",
+        "--frames",
+        "20",
+        "--corrupt",
+        "1",
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    let per_loop = r["sent"].as_u64().unwrap();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut loops = 0;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let out =
+            fleetwire(&["replay", rec.to_str().unwrap(), "--target", &s.udp.to_string(), "--json"]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        sent += v["sent"].as_u64().unwrap();
+        loops += 1;
+    }
+    assert_eq!(sent, per_loop * loops);
+    // Everything sent is accounted for once the sockets are drained.
+    s.wait_until(60, "sent = accepted + refused + kernel drops", |s| {
+        let m = s.metrics();
+        let accepted = metric_sum(&m, "fleetwire_datagrams_accepted_total", &[]) as u64;
+        let refused = metric_sum(&m, "fleetwire_datagrams_rejected_total", &[]) as u64;
+        let drops = metric_sum(&m, "fleetwire_udp_receive_buffer_drops_total", &[]) as u64;
+        let received = metric_sum(&m, "fleetwire_datagrams_received_total", &[]) as u64;
+        assert_eq!(received, accepted + refused);
+        sent == received + drops
+    });
+    let m = s.metrics();
+    eprintln!(
+        "soak: {sent} datagrams in {:.0} s: {} accepted, {} refused, {} dropped by the kernel",
+        start.elapsed().as_secs_f64(),
+        metric_sum(&m, "fleetwire_datagrams_accepted_total", &[]),
+        metric_sum(&m, "fleetwire_datagrams_rejected_total", &[]),
+        metric_sum(&m, "fleetwire_udp_receive_buffer_drops_total", &[])
+    );
+    assert!(metric_sum(&m, "fleetwire_datagrams_rejected_total", &[]) > 0.0);
+}
+
+#[test]
+fn sigterm_under_load_exits_0_and_the_snapshot_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_in(dir.path(), &[]);
+    let mut load = std::process::Command::new(BIN)
+        .args([
+            "sim",
+            "--target",
+            &s.udp.to_string(),
+            "--devices",
+            "300",
+            "--rate",
+            "0",
+            "--frames",
+            "100000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    s.wait_until(20, "load", |s| s.metric("fleetwire_datagrams_accepted_total", &[]) > 5_000.0);
+    let (status, took) = s.terminate();
+    let _ = load.kill();
+    let _ = load.wait();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let snap = dir.path().join("state.snapshot");
+    assert!(snap.exists());
+    let s = Server::start_in(dir.path(), &[]);
+    assert_eq!(s.json("/api/summary")["devices"], 300);
+    let d = s.json("/api/devices/17");
+    assert!(d["sequence"]["received"].as_u64().unwrap() > 1);
+    assert!(d["position"]["latitude"].is_number());
+}
+
+#[test]
+fn a_corrupt_snapshot_is_set_aside_and_the_server_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("state.snapshot"),
+        b"FWSNAP01\x00\x00\x00\x00 truncated garbage",
+    )
+    .unwrap();
+    let s = Server::start_in(dir.path(), &[]);
+    let log = s.log_text();
+    assert!(log.contains("corrupt"), "{log}");
+    assert_eq!(s.json("/api/summary")["devices"], 0);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.snapshot.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file was not kept aside");
+    // It works normally and its own snapshot is good.
+    udp_sender().send_to(&bytes(&position(5, 0)), s.udp).unwrap();
+    s.wait_received("udp", 1);
+    let (st, _) = s.terminate();
+    assert!(st.success());
+    let s = Server::start_in(dir.path(), &[]);
+    assert_eq!(s.json("/api/summary")["devices"], 1);
+}
