@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{ClientAuth, Config, DEFAULT_TOML, UdpAuth};
 use crate::server::{Listeners, run, shutdown_signal};
 
+pub mod bench;
 pub mod send;
 pub mod sim;
 
@@ -40,6 +41,9 @@ pub enum Command {
     Send(send::SendArgs),
     /// Send the datagrams of a file recorded with `sim --record`.
     Replay(sim::ReplayArgs),
+    /// Tools of the benchmark suite (bench/run.sh).
+    #[command(subcommand, hide = true)]
+    Bench(bench::BenchCommand),
 }
 
 macro_rules! config_flags {
@@ -236,6 +240,7 @@ pub fn main() -> ExitCode {
             init_logging();
             sim::replay_main(a)
         }
+        Command::Bench(c) => bench::main(c),
     }
 }
 

@@ -153,6 +153,48 @@ pub fn inode(socket: &UdpSocket) -> Option<u64> {
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
 }
 
+/// A connected UDP socket that sends batches with `sendmmsg(2)`.
+pub struct BatchSender {
+    socket: UdpSocket,
+    target: SocketAddr,
+}
+
+impl BatchSender {
+    /// A socket connected to `target`, with a large send buffer.
+    pub fn connect(target: SocketAddr) -> Result<Self, String> {
+        let bind: SocketAddr = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+        let _ = socket2::SockRef::from(&socket).set_send_buffer_size(8 << 20);
+        socket.connect(target).map_err(|e| format!("{target}: {e}"))?;
+        Ok(BatchSender { socket, target })
+    }
+
+    /// Sends every datagram (64 per system call); returns how many went.
+    /// A datagram refused with ECONNREFUSED (nothing listening yet) is skipped.
+    pub fn send(&self, datagrams: &[Vec<u8>]) -> Result<u64, String> {
+        let mut sent = 0u64;
+        let mut off = 0;
+        while off < datagrams.len() {
+            match sys::sendmmsg(&self.socket, &datagrams[off..]) {
+                Ok(n) => {
+                    off += n;
+                    sent += n as u64;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => off += 1,
+                Err(e) => return Err(format!("send to {}: {e}", self.target)),
+            }
+        }
+        Ok(sent)
+    }
+}
+
 /// Sends `datagrams` to `target` `loops` times with `sendmmsg(2)` in
 /// batches, at `rate` datagrams per second (0 = as fast as the socket
 /// takes them). Returns the number sent.
@@ -162,13 +204,8 @@ pub fn send_all(
     loops: u64,
     rate: f64,
 ) -> Result<u64, String> {
-    let bind: SocketAddr = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
-    let _ = socket2::SockRef::from(&socket).set_send_buffer_size(8 << 20);
-    socket.connect(target).map_err(|e| format!("{target}: {e}"))?;
     const BATCH: usize = 64;
+    let sender = BatchSender::connect(target)?;
     let start = std::time::Instant::now();
     let mut sent = 0u64;
     for _ in 0..loops {
@@ -180,26 +217,58 @@ pub fn send_all(
                     std::thread::sleep(Duration::from_secs_f64(ahead));
                 }
             }
-            let mut off = 0;
-            while off < chunk.len() {
-                match sys::sendmmsg(&socket, &chunk[off..]) {
-                    Ok(n) => {
-                        off += n;
-                        sent += n as u64;
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                        ) => {}
-                    // Nothing listening yet (ICMP port unreachable): skip that datagram.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => off += 1,
-                    Err(e) => return Err(format!("send to {target}: {e}")),
+            sent += sender.send(chunk)?;
+        }
+    }
+    Ok(sent)
+}
+
+/// What [`count_only`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counted {
+    /// Datagrams received.
+    pub datagrams: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// From the first datagram to the last, seconds.
+    pub active_seconds: f64,
+}
+
+/// The benchmark's bare receiver: reads with the same `recvmmsg` batches as
+/// the server and only counts. Returns after `idle` seconds without a
+/// datagram (once one has arrived), after `max_seconds`, or when `stop` is set.
+pub fn count_only(
+    socket: &UdpSocket,
+    batch: usize,
+    stop: &AtomicBool,
+    idle: f64,
+    max_seconds: f64,
+) -> Counted {
+    let mut rx = sys::Batch::new(batch.clamp(1, 1024), SLOT);
+    let mut c = Counted::default();
+    let start = std::time::Instant::now();
+    let mut first: Option<std::time::Instant> = None;
+    let mut last = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) && start.elapsed().as_secs_f64() < max_seconds {
+        match rx.recv(socket, true) {
+            Ok(n) if n > 0 => {
+                let now = std::time::Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                c.datagrams += n as u64;
+                for i in 0..n {
+                    c.bytes += rx.get(i).0.len() as u64;
+                }
+            }
+            _ => {
+                if first.is_some() && last.elapsed().as_secs_f64() >= idle {
+                    break;
                 }
             }
         }
     }
-    Ok(sent)
+    c.active_seconds = first.map_or(0.0, |f| (last - f).as_secs_f64());
+    c
 }
 
 /// The `recvmmsg(2)` / `sendmmsg(2)` wrappers: the only unsafe code of the server.

@@ -1,0 +1,374 @@
+#!/usr/bin/env python3
+"""fleetwire benchmark suite (run it with bench/run.sh).
+
+Measures, in one run, on loopback, with the project's own binaries:
+  1. the kernel's limit: `fleetwire bench sink` (recvmmsg, counts only) fed
+     by `fleetwire replay` (sendmmsg) of a recorded capture of valid frames;
+  2. `fleetwire serve` fed by the same sender: the highest offered rate it
+     takes with zero loss, and its CPU-seconds per million datagrams;
+  3. the ratios of 2 to 1, for rate and for CPU per datagram (the sink is
+     measured again at the serve's zero-loss rate, so CPU is compared at the
+     same offered load);
+  4. QUIC DATAGRAM frames per second against UDP (both sent by `sim`);
+  5. resident memory per tracked device with 1,000,000 devices, and the
+     resident memory after 10,000,000 distinct device ids with the default
+     max_devices (1,000,000);
+  6. decode and encode nanoseconds per frame (cargo bench).
+Writes bench/results.json and bench/last-run.md.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "fleetwire")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port(kind=socket.SOCK_DGRAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def proc_cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_json(args, **kw):
+    out = subprocess.run([BIN] + args, capture_output=True, text=True, **kw)
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed: {out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class Serve:
+    """A `fleetwire serve` process on loopback."""
+
+    def __init__(self, *extra, quic=False):
+        self.dir = tempfile.mkdtemp(prefix="fw-bench-")
+        self.http = free_port(socket.SOCK_STREAM)
+        self.udp = free_port()
+        args = [BIN, "serve", "--udp-listen", f"127.0.0.1:{self.udp}", "--http-listen", f"127.0.0.1:{self.http}",
+                "--data-dir", self.dir, "--snapshot", "false"]
+        if quic:
+            self.quic = free_port()
+            args += ["--quic-listen", f"127.0.0.1:{self.quic}"]
+        else:
+            args += ["--quic-listen", "off"]
+        self.p = subprocess.Popen(args + list(extra), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, RUST_LOG="warn"))
+        threading.Thread(target=lambda: [None for _ in self.p.stderr], daemon=True).start()
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                self.summary()
+                return
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError("serve did not start")
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=30) as r:
+            return r.read().decode()
+
+    def summary(self):
+        return json.loads(self.get("/api/summary"))
+
+    def received(self, transport="udp"):
+        return self.summary()["datagrams"][transport]["received"]
+
+    def accepted(self, transport="udp"):
+        return self.summary()["datagrams"][transport]["accepted"]
+
+    def kernel_drops(self):
+        for line in self.get("/metrics").splitlines():
+            if line.startswith("fleetwire_udp_receive_buffer_drops_total "):
+                return int(float(line.split()[1]))
+        return 0
+
+    def cpu(self):
+        return proc_cpu(self.p.pid)
+
+    def rss(self):
+        return proc_rss(self.p.pid)
+
+    def wait_idle(self, transport="udp", quiet=1.0, limit=120):
+        """Waits until the received count stops moving."""
+        last, since = -1, time.time()
+        deadline = time.time() + limit
+        while time.time() < deadline:
+            n = self.received(transport)
+            if n != last:
+                last, since = n, time.time()
+            elif time.time() - since >= quiet:
+                return n
+            time.sleep(0.1)
+        return last
+
+    def stop(self):
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def replay(cap, port, loops, rate):
+    return run_json(["replay", cap, "--target", f"127.0.0.1:{port}", "--loop", str(loops), "--rate", str(rate),
+                     "--json"])
+
+
+def sink_trial(cap, cap_len, loops, rate):
+    port = free_port()
+    p = subprocess.Popen([BIN, "bench", "sink", "--listen", f"127.0.0.1:{port}", "--idle", "1.5"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(0.3)
+    r = replay(cap, port, loops, rate)
+    out, _ = p.communicate(timeout=120)
+    s = json.loads(out.strip().splitlines()[-1])
+    s["sent"] = r["sent"]
+    s["send_rate"] = r["rate"]
+    s["loss"] = r["sent"] - s["received"]
+    s["cpu_per_million"] = s["cpu_seconds"] / max(s["received"], 1) * 1e6
+    return s
+
+
+def serve_trial(cap, loops, rate):
+    srv = Serve()
+    try:
+        cpu0 = srv.cpu()
+        r = replay(cap, srv.udp, loops, rate)
+        received = srv.wait_idle()
+        cpu = srv.cpu() - cpu0
+        drops = srv.kernel_drops()
+        return {"sent": r["sent"], "send_rate": r["rate"], "received": received, "kernel_drops": drops,
+                "loss": r["sent"] - received, "cpu_seconds": cpu,
+                "cpu_per_million": cpu / max(received, 1) * 1e6,
+                "accepted": srv.accepted()}
+    finally:
+        srv.stop()
+
+
+def machine():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except Exception:
+        pass
+    rmem = open("/proc/sys/net/core/rmem_max").read().strip() if os.path.exists("/proc/sys/net/core/rmem_max") else "?"
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "rustc": rustc,
+            "net.core.rmem_max": rmem, "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="short trials (a smoke run, not for the record)")
+    a = ap.parse_args()
+    trial_s = 2 if a.quick else 6
+    ids_1m = 100_000 if a.quick else 1_000_000
+    ids_10m = 300_000 if a.quick else 10_000_000
+    results = {"machine": machine(), "quick": a.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    tmp = tempfile.mkdtemp(prefix="fw-bench-cap-")
+    cap = os.path.join(tmp, "capture.fwrec")
+
+    log("== capture: 1000 devices x 100 frames of valid traffic")
+    c = run_json(["sim", "--target", "127.0.0.1:9", "--devices", "1000", "--rate", "0", "--frames", "100",
+                  "--record", cap, "--json"])
+    cap_len = c["sent"]
+    results["capture"] = {"datagrams": cap_len, "mean_bytes": round(c["bytes"] / cap_len, 1)}
+
+    log("== 1. kernel limit: sink at the sender's full speed")
+    # Calibrate loops so a trial lasts about trial_s seconds at full speed.
+    probe = sink_trial(cap, cap_len, 1, 0)
+    loops = max(1, int(trial_s * probe["send_rate"] / cap_len))
+    sink = sink_trial(cap, cap_len, loops, 0)
+    results["sink_full_speed"] = sink
+    log(f"   sender {sink['send_rate']:.0f}/s, sink lost {sink['loss']}, {sink['cpu_per_million']:.2f} CPU-s/M")
+
+    log("== 2. serve: highest rate with zero loss")
+    full = sink["send_rate"]
+    trials = []
+    best = None
+    for frac in [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]:
+        rate = 0 if frac == 1.0 else round(full * frac)
+        n = max(1, int(trial_s * (full * frac) / cap_len))
+        t = serve_trial(cap, n, rate)
+        t["offered_fraction"] = frac
+        trials.append(t)
+        log(f"   offered {t['send_rate']:.0f}/s: lost {t['loss']} (kernel drops {t['kernel_drops']}), "
+            f"{t['cpu_per_million']:.2f} CPU-s/M")
+        if t["loss"] == 0:
+            best = t
+            break
+    results["serve_trials"] = trials
+    results["serve_zero_loss"] = best
+
+    log("== 3. sink at the same offered rate as serve's zero-loss rate")
+    if best is not None:
+        same = sink_trial(cap, cap_len, max(1, int(trial_s * best["send_rate"] / cap_len)),
+                          0 if best["offered_fraction"] == 1.0 else round(best["send_rate"]))
+        results["sink_same_rate"] = same
+        results["ratio_rate"] = best["send_rate"] / sink["send_rate"]
+        results["ratio_cpu_per_datagram"] = best["cpu_per_million"] / max(same["cpu_per_million"], 1e-9)
+        log(f"   rate ratio {results['ratio_rate']:.3f}, CPU ratio {results['ratio_cpu_per_datagram']:.2f}")
+
+    log("== 4. QUIC datagrams vs UDP, both sent by sim (100 devices, as fast as possible)")
+    frames = 200 if a.quick else 1000
+    quic = {}
+    for transport in ["udp", "quic"]:
+        srv = Serve(quic=True)
+        try:
+            port = srv.quic if transport == "quic" else srv.udp
+            args = ["sim", "--target", f"127.0.0.1:{port}", "--transport", transport, "--devices", "100",
+                    "--rate", "0", "--frames", str(frames), "--json"]
+            if transport == "quic":
+                args += ["--ca", os.path.join(srv.dir, "dev-cert.pem")]
+            t0 = time.time()
+            r = run_json(args)
+            got = srv.wait_idle(transport)
+            elapsed = r["elapsed_s"]
+            quic[transport] = {"sent": r["sent"], "received": got, "accepted": srv.accepted(transport),
+                               "elapsed_s": elapsed, "rate": srv.accepted(transport) / elapsed,
+                               "wall_s": time.time() - t0}
+            if transport == "quic":
+                m = srv.get("/metrics")
+                quic[transport]["quinn_buffer_drops"] = float(re.search(
+                    r"^fleetwire_quic_datagrams_dropped_total (\S+)", m, re.M).group(1))
+        finally:
+            srv.stop()
+        log(f"   {transport}: {quic[transport]['rate']:.0f} accepted/s ({quic[transport]['accepted']} of {quic[transport]['sent']})")
+    quic["ratio"] = quic["quic"]["rate"] / quic["udp"]["rate"]
+    results["quic_vs_udp"] = quic
+
+    log(f"== 5. memory: {ids_1m} tracked devices")
+    srv = Serve("--max-devices", str(max(ids_1m, 1_000_000)), "--engine-shards", "16")
+    try:
+        rss0 = srv.rss()
+        r = run_json(["bench", "flood", "--target", f"127.0.0.1:{srv.udp}", "--ids", str(ids_1m), "--rate", "250000"])
+        srv.wait_idle()
+        s = srv.summary()
+        rss1 = srv.rss()
+        results["memory_1m"] = {"ids_sent": r["sent"], "devices": s["devices"], "rss_before": rss0, "rss_after": rss1,
+                                "bytes_per_device": (rss1 - rss0) / max(s["devices"], 1),
+                                "kernel_drops": srv.kernel_drops()}
+        log(f"   {s['devices']} devices: {(rss1 - rss0) / max(s['devices'], 1):.0f} bytes per device")
+    finally:
+        srv.stop()
+
+    log(f"== 5b. memory: {ids_10m} distinct ids with the default max_devices")
+    srv = Serve()
+    try:
+        rss0 = srv.rss()
+        peak = [rss0]
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                peak[0] = max(peak[0], srv.rss())
+                time.sleep(0.2)
+        w = threading.Thread(target=watch, daemon=True)
+        w.start()
+        r = run_json(["bench", "flood", "--target", f"127.0.0.1:{srv.udp}", "--ids", str(ids_10m), "--rate", "250000",
+                      "--seed", "7"])
+        srv.wait_idle()
+        stop.set()
+        w.join()
+        s = srv.summary()
+        results["memory_10m"] = {"ids_sent": r["sent"], "devices": s["devices"], "evicted": s["evicted"],
+                                 "rss_before": rss0, "rss_peak": peak[0], "rss_after": srv.rss()}
+        log(f"   {s['devices']} tracked, {s['evicted']} evicted, peak RSS {peak[0] / 2**20:.0f} MiB")
+    finally:
+        srv.stop()
+
+    log("== 6. codec micro-benchmark")
+    out = subprocess.run(["cargo", "bench", "-q", "-p", "fleetwire-proto", "--bench", "codec"], cwd=ROOT,
+                         capture_output=True, text=True)
+    results["codec_table"] = "\n".join(l for l in out.stdout.splitlines() if l.startswith("|"))
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.join(ROOT, "bench", "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    report = render(results)
+    with open(os.path.join(ROOT, "bench", "last-run.md"), "w") as f:
+        f.write(report)
+    print(report)
+
+
+def render(r):
+    L = []
+    m = r["machine"]
+    L.append(f"Run {r['date']}{' (quick)' if r['quick'] else ''} on {m['cpu']}, {m['cores']} cores, "
+             f"{m['memory_gib']} GiB, Linux {m['kernel']}, {m['rustc']}, net.core.rmem_max={m['net.core.rmem_max']}.")
+    L.append("")
+    L.append(f"Capture: {r['capture']['datagrams']} valid datagrams, {r['capture']['mean_bytes']} bytes on average.")
+    L.append("")
+    s = r["sink_full_speed"]
+    L.append("| measurement | value |")
+    L.append("|---|---:|")
+    L.append(f"| sender (sendmmsg) full speed | {s['send_rate']:,.0f} datagrams/s |")
+    L.append(f"| bare receiver at full speed: lost | {s['loss']:,} of {s['sent']:,} |")
+    L.append(f"| bare receiver CPU | {s['cpu_per_million']:.2f} CPU-s per million |")
+    b = r.get("serve_zero_loss")
+    if b:
+        L.append(f"| serve: highest offered rate with zero loss | {b['send_rate']:,.0f} datagrams/s |")
+        L.append(f"| serve CPU at that rate | {b['cpu_per_million']:.2f} CPU-s per million |")
+        same = r["sink_same_rate"]
+        L.append(f"| bare receiver CPU at that rate | {same['cpu_per_million']:.2f} CPU-s per million |")
+        L.append(f"| **rate ratio serve / kernel limit** | **{r['ratio_rate']:.3f}** (target >= 0.95) |")
+        L.append(f"| **CPU per datagram ratio serve / bare** | **{r['ratio_cpu_per_datagram']:.2f}** (target <= 2) |")
+    else:
+        L.append("| serve: highest offered rate with zero loss | none of the trials |")
+    q = r["quic_vs_udp"]
+    L.append(f"| sim over UDP | {q['udp']['rate']:,.0f} accepted/s |")
+    L.append(f"| sim over QUIC DATAGRAM | {q['quic']['rate']:,.0f} accepted/s ({q['quic']['accepted']:,} of {q['quic']['sent']:,}, quinn buffer drops {q['quic']['quinn_buffer_drops']:.0f}) |")
+    L.append(f"| **QUIC / UDP** | **{q['ratio']:.2f}** (target >= 0.5) |")
+    mem = r["memory_1m"]
+    L.append(f"| **resident memory per tracked device** ({mem['devices']:,} devices) | **{mem['bytes_per_device']:.0f} bytes** (target <= 512) |")
+    m10 = r["memory_10m"]
+    L.append(f"| {m10['ids_sent']:,} distinct ids, max_devices 1,000,000: tracked / evicted | {m10['devices']:,} / {m10['evicted']:,} |")
+    L.append(f"| ... peak resident memory | {m10['rss_peak'] / 2**20:,.0f} MiB |")
+    L.append("")
+    L.append("Serve trials (offered rate, loss, CPU):")
+    L.append("")
+    L.append("| offered datagrams/s | sent | received | kernel drops | CPU-s per million |")
+    L.append("|---:|---:|---:|---:|---:|")
+    for t in r["serve_trials"]:
+        L.append(f"| {t['send_rate']:,.0f} | {t['sent']:,} | {t['received']:,} | {t['kernel_drops']:,} | {t['cpu_per_million']:.2f} |")
+    L.append("")
+    L.append("Codec (cargo bench -p fleetwire-proto --bench codec):")
+    L.append("")
+    L.append(r["codec_table"])
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+//! `fleetwire bench ...`: the tools of the benchmark suite (`bench/run.sh`).
+//!
+//! * `sink`: the kernel's limit: a receiver that only counts datagrams,
+//!   with the same `recvmmsg` batches as `serve`, and reports its CPU time.
+//! * `flood`: sends frames from many distinct device ids (for the memory
+//!   measurements) without keeping them in memory.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use fleetwire_proto::{Body, FixType, Frame, MAX_FRAME_LEN, Position, encode};
+
+use super::sim::resolve;
+
+/// Benchmark tools.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Count datagrams with recvmmsg and nothing else; print JSON when idle.
+    Sink {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Requested receive buffer, bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        recv_buffer: usize,
+        /// Datagrams per recvmmsg call.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Exit after this much silence once traffic has started, seconds.
+        #[arg(long, default_value_t = 2.0)]
+        idle: f64,
+        /// Exit after this long in any case, seconds.
+        #[arg(long, default_value_t = 600.0)]
+        max_seconds: f64,
+    },
+    /// Send one Position frame for each of N distinct device ids.
+    Flood {
+        /// Server UDP address.
+        #[arg(long)]
+        target: String,
+        /// Number of distinct device ids.
+        #[arg(long)]
+        ids: u64,
+        /// Datagrams per second (0 = as fast as the socket takes them).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Seed of the pseudo-random id sequence (a bijection of 1..=2^32-1,
+        /// so ids never repeat).
+        #[arg(long, default_value_t = 1)]
+        seed: u32,
+    },
+}
+
+/// CPU seconds (user + system) this process has used.
+pub fn self_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// A device id for index `i`: an invertible mix of `i`, so ids are distinct
+/// and look random.
+fn id_for(i: u64, seed: u32) -> u32 {
+    let mut x = (i as u32).wrapping_add(seed);
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    if x == 0 { 0x5eed_5eed } else { x }
+}
+
+/// Runs a bench command.
+pub fn main(c: BenchCommand) -> ExitCode {
+    match c {
+        BenchCommand::Sink { listen, recv_buffer, batch, idle, max_seconds } => {
+            sink(listen, recv_buffer, batch, idle, max_seconds)
+        }
+        BenchCommand::Flood { target, ids, rate, seed } => match resolve(&target) {
+            Ok(t) => flood(t, ids, rate, seed),
+            Err(e) => {
+                eprintln!("fleetwire bench: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn sink(
+    listen: SocketAddr,
+    recv_buffer: usize,
+    batch: usize,
+    idle: f64,
+    max_seconds: f64,
+) -> ExitCode {
+    let bound = match crate::transport::udp::bind(listen, recv_buffer, false) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("fleetwire bench sink: {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let inode = crate::transport::udp::inode(&bound.socket);
+    let addr = bound.socket.local_addr().ok();
+    eprintln!("sink listening on {addr:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = self_cpu_seconds();
+    let counted = crate::transport::udp::count_only(&bound.socket, batch, &stop, idle, max_seconds);
+    let cpu = self_cpu_seconds() - cpu0;
+    let drops = inode.map_or(0, |i| crate::transport::udp::kernel_drops(&[i]));
+    let v = serde_json::json!({
+        "received": counted.datagrams,
+        "bytes": counted.bytes,
+        "kernel_drops": drops,
+        "cpu_seconds": cpu,
+        "active_seconds": counted.active_seconds,
+        "granted_buffer": bound.granted_buffer / 2,
+    });
+    println!("{v}");
+    ExitCode::SUCCESS
+}
+
+fn flood(target: SocketAddr, ids: u64, rate: f64, seed: u32) -> ExitCode {
+    const BATCH: usize = 64;
+    let start = Instant::now();
+    let sender = match crate::transport::udp::BatchSender::connect(target) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fleetwire bench flood: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+    let mut sent = 0u64;
+    let now = crate::now_ms();
+    let mut i = 0u64;
+    while i < ids {
+        batch.clear();
+        while batch.len() < BATCH && i < ids {
+            let id = id_for(i, seed);
+            let p = Position {
+                lat_e7: 480_000_000 + (id % 1_000_000) as i32,
+                lon_e7: 110_000_000 + (id / 4096 % 1_000_000) as i32,
+                alt_dm: 5_000,
+                speed_cm_s: 0,
+                heading_ddeg: 0,
+                hacc_cm: 300,
+                fix: FixType::Fix3d,
+                satellites: 8,
+            };
+            if let Ok(n) = encode(&Frame::new(id, 0, now, Body::Position(p)), &mut buf) {
+                batch.push(buf[..n].to_vec());
+            }
+            i += 1;
+        }
+        match sender.send(&batch) {
+            Ok(n) => sent += n,
+            Err(e) => {
+                eprintln!("fleetwire bench flood: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        if rate > 0.0 {
+            let ahead = sent as f64 / rate - start.elapsed().as_secs_f64();
+            if ahead > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(ahead));
+            }
+        }
+    }
+    let el = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"sent": sent, "elapsed_s": el, "rate": sent as f64 / el.max(1e-9)})
+    );
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flood_ids_are_distinct_and_never_zero() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..200_000 {
+            let id = id_for(i, 1);
+            assert_ne!(id, 0);
+            assert!(seen.insert(id), "repeat at {i}");
+        }
+    }
+}
