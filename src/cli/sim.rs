@@ -188,14 +188,15 @@ pub fn main(a: SimArgs) -> ExitCode {
         },
         None => None,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(e, 1),
     };
     let summary = rt.block_on(async {
         match a.transport {
             TransportArg::Udp => {
-                let mut sink = UdpSink::new(target).await.map_err(|e| e.to_string())?;
+                let batch = if plan.rate > 0.0 { 1 } else { 64 };
+                let mut sink = UdpSink::batched(target, batch).map_err(|e| e.to_string())?;
                 Ok::<_, String>(run(&plan, &mut sink, rec.as_mut()).await)
             }
             TransportArg::Quic => {

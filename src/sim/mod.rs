@@ -200,31 +200,40 @@ pub trait Sink {
     }
 }
 
-/// Plain UDP.
+/// Plain UDP: datagrams go out with `sendmmsg(2)`, `batch` at a time (1 for
+/// paced runs, so every frame leaves when it is due).
 pub struct UdpSink {
-    socket: tokio::net::UdpSocket,
-    target: SocketAddr,
+    sender: crate::transport::udp::BatchSender,
+    pending: Vec<Vec<u8>>,
+    batch: usize,
 }
 
 impl UdpSink {
     /// A socket for `target`.
     pub async fn new(target: SocketAddr) -> std::io::Result<Self> {
-        let bind: SocketAddr =
-            if target.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-                .map_err(std::io::Error::other)?;
-        let socket = tokio::net::UdpSocket::bind(bind).await?;
-        let s = socket2::SockRef::from(&socket);
-        let _ = s.set_send_buffer_size(4 << 20);
-        Ok(UdpSink { socket, target })
+        Self::batched(target, 1)
+    }
+
+    /// A socket for `target` sending `batch` datagrams per system call.
+    pub fn batched(target: SocketAddr, batch: usize) -> std::io::Result<Self> {
+        let sender = crate::transport::udp::BatchSender::connect(target).map_err(std::io::Error::other)?;
+        Ok(UdpSink { sender, pending: Vec::with_capacity(batch.max(1)), batch: batch.clamp(1, 64) })
+    }
+
+    fn send_pending(&mut self) -> std::io::Result<()> {
+        let r = self.sender.send(&self.pending).map(|_| ()).map_err(std::io::Error::other);
+        self.pending.clear();
+        r
     }
 }
 
 impl Sink for UdpSink {
     async fn send(&mut self, _device: u32, bytes: &[u8]) -> std::io::Result<()> {
-        self.socket.send_to(bytes, self.target).await.map(|_| ())
+        self.pending.push(bytes.to_vec());
+        if self.pending.len() >= self.batch { self.send_pending() } else { Ok(()) }
     }
     async fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        self.send_pending()
     }
 }
 

@@ -104,10 +104,16 @@ impl Sink for QuicSink {
                 if !fits {
                     return Err(std::io::Error::other("frame larger than the QUIC datagram size"));
                 }
-                c.conn
-                    .send_datagram_wait(Bytes::copy_from_slice(bytes))
-                    .await
-                    .map_err(std::io::Error::other)
+                let b = Bytes::copy_from_slice(bytes);
+                // Queue without waiting while there is room, so quinn's
+                // driver finds several datagrams at once and packs them
+                // into one packet; wait (backpressure) only when the buffer
+                // is full. Never let quinn drop a queued datagram.
+                if c.conn.datagram_send_buffer_space() >= bytes.len() + 64 {
+                    c.conn.send_datagram(b).map_err(std::io::Error::other)
+                } else {
+                    c.conn.send_datagram_wait(b).await.map_err(std::io::Error::other)
+                }
             }
         }
     }
