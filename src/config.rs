@@ -129,6 +129,8 @@ pub struct Config {
     pub rate_limit_burst: f64,
     /// Most source addresses tracked by the rate limiter.
     pub rate_limit_sources: usize,
+    /// Forwarding of accepted records (`[forward.nats]`).
+    pub forward: crate::forward::ForwardConfig,
 }
 
 impl Default for Config {
@@ -172,6 +174,7 @@ impl Default for Config {
             rate_limit_device: 0.0,
             rate_limit_burst: 100.0,
             rate_limit_sources: 65_536,
+            forward: crate::forward::ForwardConfig::default(),
         }
     }
 }
@@ -219,7 +222,11 @@ impl Config {
             fig = fig.merge(Toml::file(f));
         }
         fig = fig
-            .merge(Env::prefixed("FLEETWIRE_").ignore(&["config"]))
+            .merge(
+                Env::prefixed("FLEETWIRE_")
+                    .ignore(&["config", "auth_key", "state_dir"])
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
@@ -297,6 +304,9 @@ impl Config {
         if self.rate_limit_sources == 0 {
             return inv("rate_limit_sources", "must be at least 1");
         }
+        if let Err((key, reason)) = self.forward.nats.validate() {
+            return inv(key, reason);
+        }
         Ok(())
     }
 
@@ -340,6 +350,10 @@ mod tests {
         let json = serde_json::to_value(Config::default()).unwrap();
         for key in json.as_object().unwrap().keys() {
             assert!(table.contains_key(key), "{key} missing from default-config.toml");
+        }
+        let nats = table["forward"]["nats"].as_table().unwrap();
+        for key in json["forward"]["nats"].as_object().unwrap().keys() {
+            assert!(nats.contains_key(key), "forward.nats.{key} missing from default-config.toml");
         }
     }
 

@@ -134,6 +134,7 @@ pub struct Pipeline {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     policy: Policy,
+    forward: Option<Arc<crate::forward::Forwarder>>,
     last_debug_ms: AtomicU64,
 }
 
@@ -142,7 +143,18 @@ const CHUNK: usize = 64;
 impl Pipeline {
     /// A pipeline feeding `engine`, counting into `metrics`.
     pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>, policy: Policy) -> Self {
-        Pipeline { engine, metrics, policy, last_debug_ms: AtomicU64::new(0) }
+        Pipeline { engine, metrics, policy, forward: None, last_debug_ms: AtomicU64::new(0) }
+    }
+
+    /// Also queues every accepted record for `forward`.
+    pub fn with_forwarder(mut self, forward: Arc<crate::forward::Forwarder>) -> Self {
+        self.forward = Some(forward);
+        self
+    }
+
+    /// The forwarder, if records are forwarded.
+    pub fn forwarder(&self) -> Option<&Arc<crate::forward::Forwarder>> {
+        self.forward.as_ref()
     }
 
     /// The engine.
@@ -200,7 +212,15 @@ impl Pipeline {
             }
             // The engine refuses authenticated frames whose sequence number
             // is not fresh, atomically with moving the replay window.
-            let replays = self.engine.ingest(now_ms, &batch);
+            let done = self.engine.ingest(now_ms, &batch);
+            let replays = done.replays;
+            if let Some(fw) = &self.forward {
+                for (i, a) in batch.iter().enumerate() {
+                    if done.applied & (1 << i) != 0 {
+                        fw.push_frame(&a.frame, now_ms, t);
+                    }
+                }
+            }
             out.accepted += batch.len() as u64 - replays;
             out.rejected += replays;
             rejected[Reason::Replay.index(t)] += replays;

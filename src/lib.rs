@@ -10,6 +10,7 @@ pub mod certs;
 pub mod config;
 pub mod engine;
 pub mod export;
+pub mod forward;
 pub mod ingest;
 pub mod policy;
 pub mod server;

@@ -120,7 +120,19 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let policy = Policy::from_config(&cfg)?;
     metrics.keys_loaded.set(policy.key_count() as f64);
-    let pipeline = Arc::new(Pipeline::new(engine.clone(), metrics.clone(), policy));
+    let mut pipeline = Pipeline::new(engine.clone(), metrics.clone(), policy);
+    let (fw_stop_tx, fw_stop_rx) = tokio::sync::watch::channel(false);
+    let mut forward_task = None;
+    if cfg.forward.nats.enabled() {
+        let fw = Arc::new(crate::forward::Forwarder::new(
+            cfg.forward.nats.clone(),
+            metrics.forward.clone(),
+        ));
+        pipeline = pipeline.with_forwarder(fw.clone());
+        forward_task =
+            Some(tokio::spawn(crate::forward::run(fw, fw_stop_rx, Duration::from_secs(3))));
+    }
+    let pipeline = Arc::new(pipeline);
     let stop = Arc::new(AtomicBool::new(false));
     let mut listening = Vec::new();
 
@@ -229,6 +241,11 @@ pub async fn run(
     }
     if let Some(q) = quic {
         q.shutdown().await;
+    }
+    // Publish what is still buffered (for a few seconds at most).
+    let _ = fw_stop_tx.send(true);
+    if let Some(t) = forward_task {
+        let _ = tokio::time::timeout(Duration::from_secs(4), t).await;
     }
     upkeep.abort();
     if let Some(h) = hup {

@@ -12,6 +12,7 @@ use crate::server::{Listeners, run, shutdown_signal};
 pub mod bench;
 pub mod send;
 pub mod sim;
+pub mod tail;
 
 /// Real-time telemetry ingest for IoT fleets: UDP and QUIC in, Prometheus out.
 #[derive(Debug, Parser)]
@@ -41,6 +42,8 @@ pub enum Command {
     Send(send::SendArgs),
     /// Send the datagrams of a file recorded with `sim --record`.
     Replay(sim::ReplayArgs),
+    /// Print records forwarded to NATS JetStream as JSON lines.
+    Tail(tail::TailArgs),
     /// Tools of the benchmark suite (bench/run.sh).
     #[command(subcommand, hide = true)]
     Bench(bench::BenchCommand),
@@ -140,6 +143,66 @@ config_flags! {
     rate_limit_sources: usize,
 }
 
+macro_rules! nats_flags {
+    ($( $(#[doc = $doc:literal])* $flag:ident => $key:ident : $ty:ty ),* $(,)?) => {
+        /// One flag per `[forward.nats]` key.
+        #[derive(Debug, Default, Clone, clap::Args)]
+        pub struct NatsFlags {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, value_name = "VALUE", help_heading = "Forwarding to NATS JetStream ([forward.nats], FLEETWIRE_FORWARD__NATS__<KEY>)")]
+                pub $flag: Option<$ty>,
+            )*
+        }
+
+        impl NatsFlags {
+            /// The keys set on the command line, as `{"key": value}`.
+            fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
+                let mut m = serde_json::Map::new();
+                $(
+                    if let Some(v) = &self.$flag {
+                        m.insert(stringify!($key).into(), serde_json::json!(v));
+                    }
+                )*
+                m
+            }
+        }
+    };
+}
+
+nats_flags! {
+    /// NATS server URL(s), comma-separated (enables forwarding).
+    forward_nats_url => url: String,
+    /// NATS user.
+    forward_nats_user => user: String,
+    /// NATS password.
+    forward_nats_password => password: String,
+    /// NATS token.
+    forward_nats_token => token: String,
+    /// NATS credentials file.
+    forward_nats_creds_file => creds_file: PathBuf,
+    /// Subject prefix (subjects are <prefix>.<device>.<kind>).
+    forward_nats_subject_prefix => subject_prefix: String,
+    /// JetStream stream name.
+    forward_nats_stream => stream: String,
+    /// Stream retention by age (e.g. 7days).
+    forward_nats_max_age => max_age: String,
+    /// Stream retention by size, bytes (0 = none).
+    forward_nats_max_bytes => max_bytes: i64,
+    /// Stream retention by count (0 = none).
+    forward_nats_max_messages => max_messages: i64,
+    /// Stream storage: file or memory.
+    forward_nats_storage => storage: String,
+    /// Stream replicas.
+    forward_nats_replicas => replicas: usize,
+    /// De-duplication window (e.g. 2m).
+    forward_nats_duplicate_window => duplicate_window: String,
+    /// Records buffered before the oldest are dropped.
+    forward_nats_buffer => buffer: usize,
+    /// Publishes in flight.
+    forward_nats_batch => batch: usize,
+}
+
 /// `fleetwire serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -149,6 +212,26 @@ pub struct ServeArgs {
     /// Settings.
     #[command(flatten)]
     pub flags: ConfigFlags,
+    /// NATS settings.
+    #[command(flatten)]
+    pub nats: NatsFlags,
+}
+
+impl ServeArgs {
+    /// The command-line settings as a configuration layer.
+    pub fn overrides(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.flags).unwrap_or_default();
+        let nats = self.nats.to_map();
+        if let (false, Some(obj)) = (nats.is_empty(), v.as_object_mut()) {
+            obj.insert("forward".into(), serde_json::json!({ "nats": nats }));
+        }
+        v
+    }
+
+    /// Loads the configuration.
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(self.config.as_deref(), &self.overrides())
+    }
 }
 
 /// `fleetwire decode`.
@@ -241,12 +324,13 @@ pub fn main() -> ExitCode {
             sim::replay_main(a)
         }
         Command::Bench(c) => bench::main(c),
+        Command::Tail(a) => tail::main(a),
     }
 }
 
 fn serve(a: ServeArgs) -> ExitCode {
     init_logging();
-    let cfg = match Config::load(a.config.as_deref(), &a.flags) {
+    let cfg = match a.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("fleetwire: configuration error: {e}");

@@ -188,10 +188,11 @@ pub fn main(a: SimArgs) -> ExitCode {
         },
         None => None,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(e, 1),
-    };
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => return fail(e, 1),
+        };
     let summary = rt.block_on(async {
         match a.transport {
             TransportArg::Udp => {

@@ -210,6 +210,16 @@ pub struct Accepted<'a> {
     pub require_fresh: bool,
 }
 
+/// What [`Engine::ingest`] did with a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Frames refused as replays.
+    pub replays: u64,
+    /// Bit `i` set: frame `i` of the batch brought new records (only the
+    /// first 64 frames are reported; the pipeline passes at most 64).
+    pub applied: u64,
+}
+
 /// Fleet totals plus sizes, summed over shards.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -258,12 +268,14 @@ impl Engine {
     }
 
     /// Applies a batch of accepted frames that arrived at `now_ms`, taking
-    /// each involved shard's lock once. Returns how many frames were
-    /// refused as replays (see [`Accepted::require_fresh`]).
-    pub fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> u64 {
+    /// each involved shard's lock once. Says which frames were refused as
+    /// replays (see [`Accepted::require_fresh`]) and which brought new
+    /// records (not replays, not duplicates).
+    pub fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> IngestOutcome {
         const CHUNK: usize = 64;
-        let mut replays = 0;
-        for chunk in batch.chunks(CHUNK) {
+        let mut out = IngestOutcome::default();
+        for (c, chunk) in batch.chunks(CHUNK).enumerate() {
+            let base = c * CHUNK;
             let mut shard_of = [0usize; CHUNK];
             for (s, a) in shard_of.iter_mut().zip(chunk) {
                 *s = self.shard_of(a.frame.device_id);
@@ -279,16 +291,19 @@ impl Engine {
                     if !done[j] && shard_of[j] == s {
                         let a = &chunk[j];
                         if a.require_fresh && !shard.is_fresh(a.frame.device_id, a.frame.sequence) {
-                            replays += 1;
-                        } else {
-                            shard.apply(now_ms, &a.frame, a.bytes, &self.cfg, &self.slots);
+                            out.replays += 1;
+                        } else if shard.apply(now_ms, &a.frame, a.bytes, &self.cfg, &self.slots) {
+                            let k = base + j;
+                            if k < 64 {
+                                out.applied |= 1 << k;
+                            }
                         }
                         done[j] = true;
                     }
                 }
             }
         }
-        replays
+        out
     }
 
     /// Whether `seq` is new for `device` (not a replay), without changing state.

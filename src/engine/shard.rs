@@ -189,6 +189,7 @@ impl Shard {
 
     /// Applies one accepted frame that arrived at `now_ms` in a datagram of
     /// `bytes` bytes. Cannot fail: every frame leaves the state consistent.
+    /// Returns whether its records were taken (false for a duplicate).
     pub fn apply(
         &mut self,
         now_ms: u64,
@@ -196,7 +197,7 @@ impl Shard {
         bytes: usize,
         cfg: &EngineConfig,
         slots: &ExportSlots,
-    ) {
+    ) -> bool {
         let i = self.slot_for(frame.device_id, now_ms, cfg.max_devices_per_shard, slots);
         let totals = &mut self.totals;
         let d = &mut self.devices[i as usize];
@@ -214,7 +215,7 @@ impl Shard {
             SeqOutcome::Duplicate => {
                 totals.duplicates += 1;
                 // A copy carries nothing new: do not count its records twice.
-                return;
+                return false;
             }
             SeqOutcome::Late => totals.late += 1,
             SeqOutcome::Restart => totals.restarts += 1,
@@ -239,6 +240,7 @@ impl Shard {
                 }
             }
         }
+        true
     }
 
     /// Periodic upkeep: releases the export slot of devices silent for

@@ -128,6 +128,18 @@ async fn summary(State(st): State<Arc<AppState>>) -> Json<Value> {
         "evicted": t.evicted,
         "filtered": crate::engine::FilterReason::ALL.iter().map(|r| (r.as_str().to_string(), json!(t.filtered[*r as usize]))).collect::<serde_json::Map<_, _>>(),
         "readings_dropped": t.readings_dropped,
+        "forward": st.pipeline.as_ref().and_then(|p| p.forwarder()).map(|f| {
+            use std::sync::atomic::Ordering::Relaxed;
+            json!({
+                "connected": f.connected(),
+                "enqueued": f.stats.enqueued.load(Relaxed),
+                "published": f.stats.published.load(Relaxed),
+                "acknowledged": f.stats.acknowledged.load(Relaxed),
+                "failed": f.stats.failed.load(Relaxed),
+                "dropped": f.stats.dropped.load(Relaxed),
+                "buffered": f.buffered(),
+            })
+        }),
     }))
 }
 

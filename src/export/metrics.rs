@@ -74,6 +74,8 @@ pub struct Metrics {
     pub keys_loaded: Gauge,
     /// Sources tracked by the rate limiter.
     pub rate_limiter_sources: Gauge,
+    /// NATS forwarding.
+    pub forward: crate::forward::ForwardMetrics,
 }
 
 /// QUIC handshake failure reasons, pre-registered so they show as 0.
@@ -210,6 +212,42 @@ impl Metrics {
             "Source addresses tracked by the rate limiter.",
         );
 
+        describe_counter(
+            r,
+            "fleetwire_forward_published_total",
+            None,
+            "Records handed to NATS JetStream (retries included).",
+        );
+        describe_counter(
+            r,
+            "fleetwire_forward_acknowledged_total",
+            None,
+            "Records JetStream acknowledged (stored in the stream).",
+        );
+        describe_counter(
+            r,
+            "fleetwire_forward_failed_total",
+            None,
+            "Publishes that failed or were not acknowledged in time (the record is retried).",
+        );
+        describe_counter(
+            r,
+            "fleetwire_forward_dropped_total",
+            None,
+            "Records dropped because the forwarding buffer was full (oldest first).",
+        );
+        describe_gauge(
+            r,
+            "fleetwire_forward_buffered",
+            None,
+            "Records waiting to be published to NATS.",
+        );
+        describe_gauge(
+            r,
+            "fleetwire_forward_connected",
+            None,
+            "1 while the NATS publisher is connected and its stream is ready.",
+        );
         let per_transport = |t: Transport| {
             let l = || vec![Label::new("transport", t.as_str())];
             TransportCounters {
@@ -267,6 +305,14 @@ impl Metrics {
             ),
             keys_loaded: gauge(r, "fleetwire_device_keys", vec![]),
             rate_limiter_sources: gauge(r, "fleetwire_rate_limiter_sources", vec![]),
+            forward: crate::forward::ForwardMetrics {
+                published: counter(r, "fleetwire_forward_published_total", vec![]),
+                acknowledged: counter(r, "fleetwire_forward_acknowledged_total", vec![]),
+                failed: counter(r, "fleetwire_forward_failed_total", vec![]),
+                dropped: counter(r, "fleetwire_forward_dropped_total", vec![]),
+                buffered: gauge(r, "fleetwire_forward_buffered", vec![]),
+                connected: gauge(r, "fleetwire_forward_connected", vec![]),
+            },
             udp,
             quic,
             recorder,

@@ -216,7 +216,8 @@ impl UdpSink {
 
     /// A socket for `target` sending `batch` datagrams per system call.
     pub fn batched(target: SocketAddr, batch: usize) -> std::io::Result<Self> {
-        let sender = crate::transport::udp::BatchSender::connect(target).map_err(std::io::Error::other)?;
+        let sender =
+            crate::transport::udp::BatchSender::connect(target).map_err(std::io::Error::other)?;
         Ok(UdpSink { sender, pending: Vec::with_capacity(batch.max(1)), batch: batch.clamp(1, 64) })
     }
 
