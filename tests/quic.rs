@@ -355,3 +355,52 @@ fn interop_with_aioquic() {
     assert_eq!(d["sequence"]["lost"], 0);
     assert_eq!(d["readings"][0]["name"], "interop");
 }
+
+#[test]
+fn address_validation_and_the_connection_limit() {
+    let s = Server::start(&["--quic-retry", "true", "--quic-max-connections", "3"]);
+    let quic = s.quic.unwrap().to_string();
+    let ca = dev_ca(&s);
+    // With Retry, handshakes take one more round trip and still succeed.
+    let ok = sim(&[
+        "--target",
+        &quic,
+        "--transport",
+        "quic",
+        "--ca",
+        &ca,
+        "--devices",
+        "3",
+        "--rate",
+        "0",
+        "--frames",
+        "5",
+    ]);
+    assert_eq!(ok["errors"], 0);
+    s.wait_received("quic", 18);
+    s.wait_until(10, "connections to close", |s| {
+        s.metric("fleetwire_quic_connections", &[]) == 0.0
+    });
+    // Five devices at once against a limit of three: two are refused.
+    let out = sim_raw(&[
+        "--target",
+        &quic,
+        "--transport",
+        "quic",
+        "--ca",
+        &ca,
+        "--devices",
+        "5",
+        "--first-id",
+        "10",
+        "--rate",
+        "0",
+        "--frames",
+        "5",
+    ]);
+    assert!(!out.status.success(), "connections over the limit were accepted");
+    s.wait_until(10, "refusals counted", |s| {
+        s.metric("fleetwire_quic_connections_refused_total", &[]) == 2.0
+    });
+    assert_eq!(s.json("/api/summary")["devices"], 6);
+}

@@ -609,3 +609,35 @@ fn send_of_each_kind_shows_up_in_the_api() {
     ]);
     assert_ne!(out.status.code(), Some(0));
 }
+
+#[test]
+fn several_receive_threads_share_the_port() {
+    let s = Server::start(&["--udp-threads", "3"]);
+    assert!(s.log_text().contains("threads=3"), "{}", s.log_text());
+    // Several senders (source ports) spread over the SO_REUSEPORT sockets.
+    let target = s.udp.to_string();
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            let first = (1 + i * 100).to_string();
+            let t = target.clone();
+            std::thread::spawn(move || {
+                sim(&[
+                    "--target",
+                    &t,
+                    "--devices",
+                    "100",
+                    "--first-id",
+                    &first,
+                    "--rate",
+                    "0",
+                    "--frames",
+                    "20",
+                ])
+            })
+        })
+        .collect();
+    let sent: u64 = runs.into_iter().map(|h| h.join().unwrap()["sent"].as_u64().unwrap()).sum();
+    s.wait_received("udp", sent);
+    assert_eq!(s.json("/api/summary")["devices"], 300);
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]) as u64, sent);
+}

@@ -218,10 +218,13 @@ impl Device {
         if device_ts_ms == 0 {
             return;
         }
-        let transit = now_ms as i64 - device_ts_ms as i64;
+        // Device clocks are untrusted: any u64 may arrive, so compute wide
+        // and saturate instead of overflowing.
+        let transit = (i128::from(now_ms) - i128::from(device_ts_ms))
+            .clamp(i64::MIN.into(), i64::MAX.into()) as i64;
         if let Some(prev) = self.prev_transit_ms {
             // RFC 3550 section 6.4.1: J += (|D| - J) / 16.
-            let d = (transit - prev).unsigned_abs() as f64;
+            let d = transit.saturating_sub(prev).unsigned_abs() as f64;
             self.jitter_ms += (d - self.jitter_ms) / 16.0;
         }
         self.prev_transit_ms = Some(transit);
@@ -237,11 +240,11 @@ impl Device {
         cfg: &EngineConfig,
         totals: &mut ShardTotals,
     ) {
-        self.counts.positions += 1;
+        self.counts.positions = self.counts.positions.saturating_add(1);
         totals.records[0] += 1;
         match self.check_position(p, t_ms, now_ms, cfg) {
             Err(reason) => {
-                self.counts.filtered += 1;
+                self.counts.filtered = self.counts.filtered.saturating_add(1);
                 totals.filtered[reason as usize] += 1;
             }
             Ok(()) => self.accept_fix(p, t_ms, cfg),
@@ -347,7 +350,7 @@ impl Device {
         cfg: &EngineConfig,
         totals: &mut ShardTotals,
     ) {
-        self.counts.monitoring += 1;
+        self.counts.monitoring = self.counts.monitoring.saturating_add(1);
         totals.records[1] += 1;
         if t_ms >= self.health.t_ms {
             let h = &mut self.health;
@@ -370,7 +373,7 @@ impl Device {
                     series.len() - 1
                 }
                 None => {
-                    self.counts.readings_dropped += 1;
+                    self.counts.readings_dropped = self.counts.readings_dropped.saturating_add(1);
                     totals.readings_dropped += 1;
                     continue;
                 }
@@ -381,7 +384,7 @@ impl Device {
 
     /// Applies an Event record taken at `t_ms`.
     pub(super) fn on_event(&mut self, e: &Event<'_>, t_ms: u64, totals: &mut ShardTotals) {
-        self.counts.events += 1;
+        self.counts.events = self.counts.events.saturating_add(1);
         totals.records[2] += 1;
         totals.events[e.severity as usize] += 1;
         if self.last_event.is_none_or(|l| t_ms >= l.t_ms) {
@@ -391,7 +394,7 @@ impl Device {
 
     /// Applies a Hello.
     pub(super) fn on_hello(&mut self, h: &Hello<'_>, totals: &mut ShardTotals) {
-        self.counts.hellos += 1;
+        self.counts.hellos = self.counts.hellos.saturating_add(1);
         totals.records[3] += 1;
         let same = self.info.as_ref().is_some_and(|i| {
             &*i.firmware == h.firmware && &*i.model == h.model && i.capabilities == h.capabilities

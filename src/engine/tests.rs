@@ -270,3 +270,18 @@ fn export_slots_are_capped_and_expire() {
     e.tick(T0 + 62_000);
     assert_eq!((e.summary().exported, e.summary().totals.online), (1, 1));
 }
+
+/// Found by the ingest fuzzer: device clocks at the ends of the u64 range
+/// must not overflow the transit-time arithmetic.
+#[test]
+fn extreme_device_clocks_do_not_overflow() {
+    let e = engine(EngineConfig::default());
+    for (i, ts) in [u64::MAX, 1, u64::MAX, 0, i64::MAX as u64 + 1, 1].into_iter().enumerate() {
+        send(&e, T0, Frame::new(9, i as u32, ts, Body::Position(pos(1.0, 1.0))));
+    }
+    e.with_device(9, |d| {
+        assert!(d.jitter_ms.is_finite());
+        assert!(d.latency_ms.is_some_and(f64::is_finite));
+    })
+    .unwrap();
+}

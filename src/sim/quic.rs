@@ -40,6 +40,8 @@ pub struct QuicSink {
     server_name: String,
     mode: QuicMode,
     conns: HashMap<u32, Conn>,
+    /// Devices whose connection could not be established (not retried).
+    failed: std::collections::HashSet<u32>,
     /// Connections that could not be established.
     pub connect_errors: u64,
 }
@@ -63,11 +65,15 @@ impl QuicSink {
             server_name: server_name.into(),
             mode,
             conns: HashMap::new(),
+            failed: Default::default(),
             connect_errors: 0,
         })
     }
 
     async fn conn(&mut self, device: u32) -> std::io::Result<&mut Conn> {
+        if self.failed.contains(&device) {
+            return Err(std::io::Error::other("the connection of this device failed"));
+        }
         if !self.conns.contains_key(&device) {
             let connecting = self
                 .endpoint
@@ -77,6 +83,7 @@ impl QuicSink {
                 Ok(c) => c,
                 Err(e) => {
                     self.connect_errors += 1;
+                    self.failed.insert(device);
                     return Err(std::io::Error::other(e));
                 }
             };
@@ -125,18 +132,19 @@ impl Sink for QuicSink {
                 let (ep, target, name, mode) =
                     (self.endpoint.clone(), self.target, self.server_name.clone(), self.mode);
                 async move {
+                    let fail = |e: String| (d, std::io::Error::other(e));
                     let conn = ep
                         .connect(target, &name)
-                        .map_err(std::io::Error::other)?
+                        .map_err(|e| fail(e.to_string()))?
                         .await
-                        .map_err(std::io::Error::other)?;
+                        .map_err(|e| fail(e.to_string()))?;
                     let stream = match mode {
                         QuicMode::Stream => {
-                            Some(conn.open_uni().await.map_err(std::io::Error::other)?)
+                            Some(conn.open_uni().await.map_err(|e| fail(e.to_string()))?)
                         }
                         QuicMode::Datagram => None,
                     };
-                    Ok::<_, std::io::Error>((d, Conn::new(conn, stream)))
+                    Ok::<_, (u32, std::io::Error)>((d, Conn::new(conn, stream)))
                 }
             });
             let t = std::time::Instant::now();
@@ -147,9 +155,10 @@ impl Sink for QuicSink {
                     Ok((d, c)) => {
                         self.conns.insert(d, c);
                     }
-                    Err(e) => {
+                    Err((d, e)) => {
                         self.connect_errors += 1;
-                        tracing::debug!(error = %e, "QUIC connect failed");
+                        self.failed.insert(d);
+                        tracing::debug!(device = d, error = %e, "QUIC connect failed");
                     }
                 }
             }

@@ -113,18 +113,20 @@ pub fn start(
         let open = Arc::new(AtomicUsize::new(0));
         while let Some(incoming) = ep.accept().await {
             let metrics = pipeline.metrics();
-            if open.load(Ordering::Relaxed) >= max {
-                metrics.quic_connections_refused.increment(1);
-                incoming.refuse();
-                continue;
-            }
             if retry && !incoming.remote_address_validated() {
                 let _ = incoming.retry();
                 continue;
             }
+            // Count the connection before spawning, so a burst of handshakes
+            // cannot slip past the limit.
+            if open.fetch_add(1, Ordering::Relaxed) >= max {
+                open.fetch_sub(1, Ordering::Relaxed);
+                metrics.quic_connections_refused.increment(1);
+                incoming.refuse();
+                continue;
+            }
             let (pipeline, open) = (pipeline.clone(), open.clone());
             tokio::spawn(async move {
-                open.fetch_add(1, Ordering::Relaxed);
                 pipeline.metrics().quic_connections.increment(1.0);
                 handle_connection(incoming, &pipeline).await;
                 pipeline.metrics().quic_connections.decrement(1.0);

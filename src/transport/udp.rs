@@ -97,14 +97,18 @@ fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &At
             }
             Ok(n) => {
                 let now = now_ms();
-                let mut views =
-                    [Datagram { bytes: &[], truncated: false, source: None, identity: None };
-                        sys::MAX_BATCH];
-                for (i, v) in views.iter_mut().enumerate().take(n) {
+                let mut views: arrayvec::ArrayVec<Datagram<'_>, { sys::MAX_BATCH }> =
+                    arrayvec::ArrayVec::new();
+                for i in 0..n {
                     let (bytes, truncated, source) = rx.get(i);
-                    *v = Datagram { bytes, truncated, source, identity: None };
+                    if views
+                        .try_push(Datagram { bytes, truncated, source, identity: None })
+                        .is_err()
+                    {
+                        break;
+                    }
                 }
-                pipeline.handle(Transport::Udp, now, &views[..n]);
+                pipeline.handle(Transport::Udp, now, &views);
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 if stopping {
