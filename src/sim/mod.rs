@@ -331,6 +331,11 @@ pub async fn run<S: Sink>(
             inj.frame(d.id, &buf[..n], &mut out);
             flush_out(&mut out, sink, &mut record, &mut c).await;
             done += 1;
+            if done % 16 == 0 {
+                // Unpaced runs rarely wait: let the runtime's other tasks
+                // (QUIC connection drivers) run on this worker too.
+                tokio::task::yield_now().await;
+            }
         }
         if plan.progress && last_progress.elapsed() > Duration::from_millis(500) {
             last_progress = Instant::now();

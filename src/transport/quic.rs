@@ -232,6 +232,10 @@ async fn datagram_loop(
         pipeline.handle(Transport::Quic, now_ms(), &views);
         drop(views);
         batch.clear();
+        // quinn's datagram futures are ready as long as datagrams are
+        // buffered, so this loop would not yield by itself: let the endpoint
+        // and connection drivers run.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -317,9 +321,16 @@ pub fn client_config(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    // Ask the server to acknowledge every 10th packet (ACK frequency
+    // extension): for a stream of small datagrams, acknowledgements are
+    // otherwise a large share of the server's packets.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(9u32.into())
+        .max_ack_delay(Some(std::time::Duration::from_millis(10)));
     transport
         .keep_alive_interval(Some(std::time::Duration::from_secs(15)))
-        .datagram_send_buffer_size(CLIENT_DATAGRAM_SEND_BUFFER);
+        .datagram_send_buffer_size(CLIENT_DATAGRAM_SEND_BUFFER)
+        .ack_frequency_config(Some(ack));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }
