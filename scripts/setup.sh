@@ -26,6 +26,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $(printf '%s\n' "${need_apt[@]}" | sort -u) >/dev/null
 fi
 
+# fleetwire asks for 16 MiB UDP receive buffers; Linux caps them at
+# net.core.rmem_max (default 208 KiB). As root the server forces the size
+# (SO_RCVBUFFORCE) anyway; raising the cap helps non-root runs. Containers
+# may not allow it, which is fine.
+if [ "$(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo 0)" -lt 16777216 ]; then
+  sudo_if_needed sysctl -q -w net.core.rmem_max=16777216 2>/dev/null \
+    || echo "setup: could not raise net.core.rmem_max (tests run as root force their buffers)"
+fi
+
 if ! python3 -c 'import aioquic' 2>/dev/null; then
   echo "setup: pip install aioquic"
   python3 -m pip install -q aioquic 2>/dev/null \

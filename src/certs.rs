@@ -49,21 +49,45 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
     move |source| CertError::Io { path: path.into(), source }
 }
 
-/// Writes a file, creating its directory; private keys get mode 0600.
+/// Writes a file, creating its directory; private keys are created with
+/// mode 0600 (never readable by others, not even for a moment).
 fn write(path: &Path, text: &str, private: bool) -> Result<(), CertError> {
+    use std::io::Write;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
-    std::fs::write(path, text).map_err(io(path))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if private { 0o600 } else { 0o644 });
     }
     #[cfg(not(unix))]
     let _ = private;
-    Ok(())
+    let mut f = opts.open(path).map_err(io(path))?;
+    #[cfg(unix)]
+    if private {
+        // An existing file keeps its mode on open: tighten it first.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+    }
+    f.write_all(text.as_bytes()).map_err(io(path))
 }
+
+/// Validity: from an hour ago (clock skew) for `days`.
+fn validity(p: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::days(days);
+}
+
+/// Validity of the CA certificate, days.
+pub const CA_DAYS: i64 = 3650;
+/// Validity of server certificates, days.
+pub const SERVER_DAYS: i64 = 397;
+/// Validity of device certificates, days.
+pub const DEVICE_DAYS: i64 = 1825;
 
 fn san(s: &str) -> Result<SanType, rcgen::Error> {
     Ok(match s.parse::<std::net::IpAddr>() {
@@ -110,8 +134,30 @@ pub fn init(dir: &Path, sans: &[String], force: bool) -> Result<InitFiles, CertE
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    validity(&mut ca, CA_DAYS);
     let ca_cert = ca.self_signed(&ca_key)?;
+    write(&files.ca_cert, &ca_cert.pem(), false)?;
+    write(&files.ca_key, &ca_key.serialize_pem(), true)?;
+    server(dir, sans)?;
+    Ok(files)
+}
 
+/// The CA of `dir`, re-created from its PEM files (same name and key), so
+/// that what it signs chains to the CA certificate devices and server have.
+fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), CertError> {
+    let ca_pem_path = dir.join("ca.pem");
+    let ca_key_path = dir.join("ca.key");
+    let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(io(&ca_pem_path))?;
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let issuer = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+    Ok((issuer, ca_key))
+}
+
+/// Issues a new server certificate for `sans` from the CA in `dir`
+/// (`server.pem`, `server.key`): renewal without touching the CA.
+pub fn server(dir: &Path, sans: &[String]) -> Result<(PathBuf, PathBuf), CertError> {
+    let (issuer, ca_key) = load_ca(dir)?;
     let server_key = KeyPair::generate()?;
     let mut sp = CertificateParams::new(Vec::<String>::new())?;
     sp.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
@@ -119,32 +165,25 @@ pub fn init(dir: &Path, sans: &[String], force: bool) -> Result<InitFiles, CertE
         .push(DnType::CommonName, sans.first().map_or("fleetwire", String::as_str));
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let server_cert = sp.signed_by(&server_key, &ca_cert, &ca_key)?;
-
-    write(&files.ca_cert, &ca_cert.pem(), false)?;
-    write(&files.ca_key, &ca_key.serialize_pem(), true)?;
-    write(&files.server_cert, &server_cert.pem(), false)?;
-    write(&files.server_key, &server_key.serialize_pem(), true)?;
-    Ok(files)
+    validity(&mut sp, SERVER_DAYS);
+    let server_cert = sp.signed_by(&server_key, &issuer, &ca_key)?;
+    let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+    write(&cert_path, &server_cert.pem(), false)?;
+    write(&key_path, &server_key.serialize_pem(), true)?;
+    Ok((cert_path, key_path))
 }
 
 /// Makes a client certificate for device `id`, signed by the CA in `dir`.
 /// Returns the certificate and key paths.
 pub fn device(dir: &Path, id: u32) -> Result<(PathBuf, PathBuf), CertError> {
-    let ca_pem_path = dir.join("ca.pem");
-    let ca_key_path = dir.join("ca.key");
-    let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(io(&ca_pem_path))?;
-    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io(&ca_key_path))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
-    // Re-create the issuer from its PEM: same name and key, so what it
-    // signs chains to the CA certificate devices and server already have.
-    let issuer = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
+    let (issuer, ca_key) = load_ca(dir)?;
     let key = KeyPair::generate()?;
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, format!("device-{id}"));
     p.subject_alt_names = vec![SanType::URI(format!("{DEVICE_URI_PREFIX}{id}").try_into()?)];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut p, DEVICE_DAYS);
     let cert = p.signed_by(&key, &issuer, &ca_key)?;
     let cert_path = dir.join(format!("device-{id}.pem"));
     let key_path = dir.join(format!("device-{id}.key"));
@@ -167,6 +206,7 @@ pub fn dev_certificate(
         p.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
         p.subject_alt_names.push(SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()));
         p.distinguished_name.push(DnType::CommonName, "fleetwire development certificate");
+        validity(&mut p, SERVER_DAYS);
         let cert = p.self_signed(&key)?;
         write(&cert_path, &cert.pem(), false)?;
         write(&key_path, &key.serialize_pem(), true)?;
@@ -210,7 +250,8 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, CertError> {
 }
 
 /// The device id a client certificate names (URI SAN
-/// `urn:fleetwire:device:<id>`), if any.
+/// `urn:fleetwire:device:<id>`), if any. The server treats a certificate
+/// without one as naming device 0, which no frame may claim.
 pub fn device_id_of(cert: &CertificateDer<'_>) -> Option<u32> {
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let sans = x.subject_alternative_name().ok()??;
@@ -250,5 +291,25 @@ mod tests {
             let mode = std::fs::metadata(&key).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // Certificates expire; the server certificate can be renewed from the
+        // same CA, and the renewed one still verifies against ca.pem.
+        let (_, x) = x509_parser::parse_x509_certificate(chain[0].as_ref()).unwrap();
+        let days =
+            (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / 86_400;
+        assert!((DEVICE_DAYS..=DEVICE_DAYS + 1).contains(&days), "{days}");
+        let before = std::fs::read(&f.server_cert).unwrap();
+        server(dir.path(), &["renewed.example".into()]).unwrap();
+        assert_ne!(before, std::fs::read(&f.server_cert).unwrap());
+        let (chain, _) = load_chain_and_key(&f.server_cert, &f.server_key).unwrap();
+        let roots = std::sync::Arc::new(load_roots(&f.ca_cert).unwrap());
+        let sv = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots,
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("renewed.example").unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        sv.verify_server_cert(&chain[0], &[], &name, &[], now).unwrap();
     }
 }

@@ -34,8 +34,8 @@ pub enum ClientAuth {
 pub enum UdpAuth {
     /// Tags are not checked.
     Off,
-    /// Tags are verified when present (and the device has a key); frames
-    /// without one are accepted.
+    /// Devices with a key must sign (verified, with replay protection);
+    /// devices without a key may send unsigned frames.
     Optional,
     /// Every frame must carry a tag that verifies with its device's key.
     Required,
@@ -166,7 +166,7 @@ impl Default for Config {
             client_auth: ClientAuth::None,
             quic_max_connections: 100_000,
             quic_idle_timeout: Duration::from_secs(60),
-            quic_datagram_buffer: 1 << 20,
+            quic_datagram_buffer: 64 << 10,
             quic_retry: false,
             udp_auth: UdpAuth::Off,
             keys_file: PathBuf::new(),
@@ -224,7 +224,7 @@ impl Config {
         fig = fig
             .merge(
                 Env::prefixed("FLEETWIRE_")
-                    .ignore(&["config", "auth_key", "state_dir"])
+                    .ignore(&["config", "auth_key", "state_dir", "tail_server"])
                     .split("__"),
             )
             .merge(Serialized::defaults(overrides));
@@ -310,10 +310,21 @@ impl Config {
         Ok(())
     }
 
+    /// Shards actually used: `engine_shards` rounded up to a power of two,
+    /// but never more than `max_devices` (each shard holds
+    /// `max_devices / shards` devices, so the total never exceeds it).
+    pub fn effective_shards(&self) -> usize {
+        let mut n = self.engine_shards.clamp(1, 1024).next_power_of_two();
+        while n > 1 && n > self.max_devices {
+            n /= 2;
+        }
+        n
+    }
+
     /// The engine's view of this configuration.
     pub fn engine(&self) -> EngineConfig {
         let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
-        let shards = self.engine_shards.clamp(1, 1024).next_power_of_two();
+        let shards = self.effective_shards();
         EngineConfig {
             offline_after_ms: ms(self.offline_after),
             series_ttl_ms: ms(self.series_ttl),

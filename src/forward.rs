@@ -223,13 +223,20 @@ impl Forwarder {
         let mut dropped = 0u64;
         let mut n = 0u64;
         for p in items {
-            if q.len() >= self.cfg.buffer {
-                q.pop_front();
-                dropped += 1;
-            }
             if front {
-                q.push_front(p);
+                // Retried records are older than everything queued: when
+                // the buffer is full they are the oldest, so they go.
+                // (Callers push retries newest first.)
+                if q.len() >= self.cfg.buffer {
+                    dropped += 1;
+                } else {
+                    q.push_front(p);
+                }
             } else {
+                if q.len() >= self.cfg.buffer {
+                    q.pop_front();
+                    dropped += 1;
+                }
                 q.push_back(p);
                 n += 1;
             }
@@ -298,6 +305,26 @@ impl Forwarder {
         v
     }
 
+    /// Counts what is still buffered as dropped (at shutdown, when the
+    /// drain time is over), so nothing accepted goes unaccounted.
+    fn drop_remaining(&self) {
+        let n = {
+            let mut q = self.queue.lock();
+            let n = q.len();
+            q.clear();
+            n as u64
+        };
+        if n > 0 {
+            tracing::warn!(
+                records = n,
+                "shutting down with records not yet forwarded to NATS: counted as dropped"
+            );
+            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            self.metrics.dropped.increment(n);
+        }
+        self.metrics.buffered.set(0.0);
+    }
+
     fn set_connected(&self, c: bool) {
         self.connected.store(c, Ordering::Relaxed);
         self.metrics.connected.set(if c { 1.0 } else { 0.0 });
@@ -344,8 +371,33 @@ fn stream_config(cfg: &NatsConfig) -> async_nats::jetstream::stream::Config {
 }
 
 /// Runs the publisher until `stop` resolves; then publishes what is left
-/// (for at most `drain_for`).
+/// (for at most `drain_for`) and counts anything still buffered as dropped.
 pub async fn run(
+    fw: Arc<Forwarder>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    drain_for: Duration,
+) {
+    let mut stop2 = stop.clone();
+    let runner = run_inner(fw.clone(), stop, drain_for);
+    tokio::pin!(runner);
+    tokio::select! {
+        _ = &mut runner => {}
+        _ = async {
+            // However the publisher is doing, stop waiting drain_for after
+            // the stop signal.
+            while !*stop2.borrow() {
+                if stop2.changed().await.is_err() {
+                    break;
+                }
+            }
+            tokio::time::sleep(drain_for).await;
+        } => {}
+    }
+    fw.drop_remaining();
+    fw.set_connected(false);
+}
+
+async fn run_inner(
     fw: Arc<Forwarder>,
     stop: tokio::sync::watch::Receiver<bool>,
     drain_for: Duration,

@@ -230,7 +230,16 @@ impl Policy {
     fn check_auth(&self, frame: &Frame<'_>) -> Result<Verdict, Reason> {
         match (self.udp_auth, frame.auth) {
             (UdpAuth::Off, _) => Ok(Verdict::Pass),
-            (UdpAuth::Optional, None) => Ok(Verdict::Pass),
+            // "optional" means: devices without a key may send unsigned
+            // frames. A device with a key must sign, or anyone could move
+            // its replay window with unsigned frames.
+            (UdpAuth::Optional, None) => {
+                if self.keys.read().contains_key(&frame.device_id) {
+                    Err(Reason::AuthRequired)
+                } else {
+                    Ok(Verdict::Pass)
+                }
+            }
             (UdpAuth::Required, None) => Err(Reason::AuthRequired),
             (mode, Some(tag)) => {
                 let keys = self.keys.read().clone();

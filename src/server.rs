@@ -40,7 +40,7 @@ impl Listeners {
         };
         let quic = match listen_addr("quic_listen", &cfg.quic_listen)? {
             Some(a) => Some(
-                udp::bind(a, cfg.udp_recv_buffer, false)
+                udp::bind_for("QUIC", a, cfg.udp_recv_buffer, false)
                     .map_err(|e| BindError::Io("quic_listen", a, e))?,
             ),
             None => None,
@@ -105,7 +105,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, BindError> {
     let started = Instant::now();
-    let engine = Arc::new(Engine::new(cfg.engine(), cfg.engine_shards));
+    let engine = Arc::new(Engine::new(cfg.engine(), cfg.effective_shards()));
     if cfg.snapshot {
         match snapshot::read(&cfg.data_dir) {
             Ok(Some(s)) => {
@@ -245,7 +245,7 @@ pub async fn run(
     // Publish what is still buffered (for a few seconds at most).
     let _ = fw_stop_tx.send(true);
     if let Some(t) = forward_task {
-        let _ = tokio::time::timeout(Duration::from_secs(4), t).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     upkeep.abort();
     if let Some(h) = hup {
@@ -253,7 +253,7 @@ pub async fn run(
     }
     let _ = http_stop_tx.send(());
     if let Some(t) = http_task {
-        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
     }
     engine.tick(now_ms());
     let snapshot = if cfg.snapshot {
@@ -284,10 +284,8 @@ pub async fn run(
 /// Writes a snapshot, counting the outcome. Returns whether it worked.
 fn save(engine: &Engine, metrics: &Metrics, dir: &std::path::Path) -> bool {
     let t = Instant::now();
-    let snap = snapshot::take(engine, now_ms());
-    let devices = snap.devices.len();
-    match snapshot::write(dir, &snap) {
-        Ok(bytes) => {
+    match snapshot::write_engine(engine, dir, now_ms()) {
+        Ok((bytes, devices)) => {
             metrics.snapshots.increment(1);
             tracing::debug!(devices, bytes, elapsed = ?t.elapsed(), "snapshot written");
             true

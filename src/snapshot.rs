@@ -2,10 +2,14 @@
 //! periodically and at shutdown (write to a temporary file, fsync, rename),
 //! read back at start.
 //!
-//! Format: the 8 bytes `FWSNAP01`, a u32 little-endian CRC-32C of the body,
-//! then the body: postcard of [`Snapshot`]. A file that is truncated, fails
-//! its CRC or does not parse is moved aside (`state.snapshot.corrupt-<unix
-//! time>`) and the server starts empty.
+//! Format: the 8 bytes `FWSNAP02`, a u32 little-endian CRC-32C of the body,
+//! then the body: records of a u32 little-endian length and that many bytes
+//! of postcard, first the snapshot time and fleet counters, then one per
+//! device, then a length of 0xFFFFFFFF. The engine is written one shard at
+//! a time (a shard's devices are copied under its lock and serialized after
+//! it is released), so a snapshot costs little more memory than one shard.
+//! A file that is truncated, fails its CRC or does not parse is moved aside
+//! (`state.snapshot.corrupt-<unix time>`) and the server starts empty.
 
 use std::fs::File;
 use std::io::Write;
@@ -15,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Device, Engine, ShardTotals};
 
-const MAGIC: &[u8; 8] = b"FWSNAP01";
+const MAGIC: &[u8; 8] = b"FWSNAP02";
+const END: u32 = u32::MAX;
 /// Name of the snapshot file in the data dir.
 pub const FILE: &str = "state.snapshot";
 
@@ -53,31 +58,104 @@ pub enum SnapshotError {
     },
 }
 
-/// Collects the engine's state.
+/// Collects the engine's state (all of it in memory: for tests and tools;
+/// the server writes with [`write_engine`]).
 pub fn take(engine: &Engine, now_ms: u64) -> Snapshot {
     let mut devices = Vec::new();
     engine.for_each_shard(|s| devices.extend(s.devices().iter().cloned()));
     Snapshot { taken_ms: now_ms, totals: engine.summary().totals, devices }
 }
 
-/// Writes a snapshot atomically into `dir`. Returns the bytes written.
-pub fn write(dir: &Path, snap: &Snapshot) -> Result<usize, SnapshotError> {
+/// Writes records and keeps the CRC of everything written.
+struct BodyWriter<W: Write> {
+    out: W,
+    crc: u32,
+    bytes: usize,
+}
+
+impl<W: Write> BodyWriter<W> {
+    fn raw(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, b);
+        self.bytes += b.len();
+        self.out.write_all(b)
+    }
+    fn record<T: Serialize>(&mut self, v: &T, scratch: &mut Vec<u8>) -> std::io::Result<()> {
+        scratch.clear();
+        let enc = postcard::to_extend(v, std::mem::take(scratch)).map_err(std::io::Error::other)?;
+        *scratch = enc;
+        let len = u32::try_from(scratch.len()).map_err(std::io::Error::other)?;
+        self.raw(&len.to_le_bytes())?;
+        let body = std::mem::take(scratch);
+        let r = self.raw(&body);
+        *scratch = body;
+        r
+    }
+}
+
+/// Writes a snapshot file from a header and devices produced shard by shard.
+fn write_with(
+    dir: &Path,
+    taken_ms: u64,
+    totals: &ShardTotals,
+    each_shard: impl FnOnce(&mut dyn FnMut(Vec<Device>) -> std::io::Result<()>) -> std::io::Result<()>,
+) -> Result<usize, SnapshotError> {
+    use std::io::{Seek, SeekFrom};
     let path = dir.join(FILE);
     let io = |source| SnapshotError::Io { path: path.clone(), source };
     std::fs::create_dir_all(dir).map_err(io)?;
-    let body = postcard::to_stdvec(snap).map_err(|e| io(std::io::Error::other(e)))?;
     let tmp = dir.join(format!("{FILE}.tmp"));
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(MAGIC).map_err(io)?;
-    f.write_all(&fleetwire_proto::crc32c(&body).to_le_bytes()).map_err(io)?;
-    f.write_all(&body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
+    let file = File::create(&tmp).map_err(io)?;
+    let mut w = BodyWriter { out: std::io::BufWriter::new(file), crc: 0, bytes: 0 };
+    w.out.write_all(MAGIC).map_err(io)?;
+    w.out.write_all(&[0u8; 4]).map_err(io)?;
+    let mut scratch = Vec::new();
+    w.record(&(taken_ms, totals), &mut scratch).map_err(io)?;
+    each_shard(&mut |devices: Vec<Device>| {
+        for d in &devices {
+            w.record(d, &mut scratch)?;
+        }
+        Ok(())
+    })
+    .map_err(io)?;
+    w.raw(&END.to_le_bytes()).map_err(io)?;
+    let (crc, bytes) = (w.crc, w.bytes);
+    let mut file = w.out.into_inner().map_err(|e| io(e.into_error()))?;
+    file.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
+    file.write_all(&crc.to_le_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
     std::fs::rename(&tmp, &path).map_err(io)?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(body.len() + 12)
+    Ok(bytes + 12)
+}
+
+/// Writes a snapshot atomically into `dir`. Returns the bytes written.
+pub fn write(dir: &Path, snap: &Snapshot) -> Result<usize, SnapshotError> {
+    write_with(dir, snap.taken_ms, &snap.totals, |f| f(snap.devices.clone()))
+}
+
+/// Writes the engine's state atomically into `dir`, one shard at a time.
+/// Returns the bytes written and the number of devices.
+pub fn write_engine(
+    engine: &Engine,
+    dir: &Path,
+    now_ms: u64,
+) -> Result<(usize, usize), SnapshotError> {
+    let totals = engine.summary().totals;
+    let mut count = 0;
+    let bytes = write_with(dir, now_ms, &totals, |f| {
+        let mut result = Ok(());
+        engine.for_each_shard_owned(&mut |devices: Vec<Device>| {
+            count += devices.len();
+            if result.is_ok() {
+                result = f(devices);
+            }
+        });
+        result
+    })?;
+    Ok((bytes, count))
 }
 
 /// Reads the snapshot in `dir`, if there is one. A corrupt file is moved
@@ -90,12 +168,38 @@ pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
         Err(source) => return Err(SnapshotError::Io { path, source }),
     };
     let parsed = (|| {
-        let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or("not a fleetwire snapshot")?;
-        let (crc, body) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
-        if fleetwire_proto::crc32c(body) != u32::from_le_bytes(*crc) {
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not a fleetwire snapshot (or an older format)")?;
+        let (crc, mut body) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
+        if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
             return Err("checksum mismatch (truncated or damaged)");
         }
-        postcard::from_bytes::<Snapshot>(body).map_err(|_| "body does not parse")
+        let mut next = || -> Result<Option<&[u8]>, &'static str> {
+            let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated record")?;
+            let len = u32::from_le_bytes(*len);
+            if len == END {
+                return Ok(None);
+            }
+            let len = len as usize;
+            if len > rest.len() {
+                return Err("truncated record");
+            }
+            let (rec, rest) = rest.split_at(len);
+            body = rest;
+            Ok(Some(rec))
+        };
+        let head = next()?.ok_or("no header record")?;
+        let (taken_ms, totals): (u64, ShardTotals) =
+            postcard::from_bytes(head).map_err(|_| "header does not parse")?;
+        let mut devices = Vec::new();
+        while let Some(rec) = next()? {
+            devices.push(
+                postcard::from_bytes::<Device>(rec)
+                    .map_err(|_| "a device record does not parse")?,
+            );
+        }
+        Ok(Snapshot { taken_ms, totals, devices })
     })();
     match parsed {
         Ok(s) => Ok(Some(s)),
@@ -140,8 +244,10 @@ mod tests {
     fn round_trip_restores_everything() {
         let dir = tempfile::tempdir().unwrap();
         let e = engine_with_traffic();
-        write(dir.path(), &take(&e, 99)).unwrap();
+        let (_, n) = write_engine(&e, dir.path(), 99).unwrap();
+        assert_eq!(n, 5);
         let snap = read(dir.path()).unwrap().unwrap();
+        assert_eq!(snap.taken_ms, 99);
         let e2 = Engine::new(EngineConfig::default(), 4);
         e2.restore(snap.devices, Some(snap.totals));
         assert_eq!(e.summary().totals, e2.summary().totals);

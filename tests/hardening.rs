@@ -157,8 +157,26 @@ fn authenticated_udp_refuses_replays_and_forgeries() {
     assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 6.0);
     assert_eq!(s.json("/api/devices/42")["sequence"]["highest"], 9);
 
+    // A signed device that reboots must not start its counter again at 0:
+    // that is a replay, even in a Hello. Continuing from a persisted
+    // counter (here: saved value + 131072) is accepted.
+    let hello = |seq| {
+        Frame::new(
+            42,
+            seq,
+            0,
+            Body::Hello(fleetwire_proto::Hello { firmware: "2", model: "m", capabilities: 16 }),
+        )
+    };
+    expect(&s, signed(&hello(0), &key));
+    assert_eq!(rejected(&s, "replay"), 3);
+    expect(&s, signed(&hello(131_081), &key));
+    expect(&s, signed(&position(42, 131_082), &key));
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 8.0);
+    assert_eq!(s.json("/api/devices/42")["sequence"]["restarts"], 1);
+
     // No tag, or no key for the device.
-    expect(&s, bytes(&position(42, 10)));
+    expect(&s, bytes(&position(42, 131_083)));
     assert_eq!(rejected(&s, "auth_required"), 1);
     expect(&s, signed(&position(43, 1), &key));
     assert_eq!(rejected(&s, "unknown_key"), 1);
@@ -172,7 +190,7 @@ fn authenticated_udp_refuses_replays_and_forgeries() {
     });
     assert_eq!(s.metric("fleetwire_device_keys", &[]), 2.0);
     expect(&s, signed(&position(43, 1), b"device forty-three key"));
-    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 7.0);
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 9.0);
     // A broken keys file keeps the old keys.
     std::fs::write(&keys, "this is not a keys file\n").unwrap();
     unsafe_kill(s.child.id(), "HUP");
@@ -180,13 +198,39 @@ fn authenticated_udp_refuses_replays_and_forgeries() {
         s.metric("fleetwire_key_reloads_total", &[("result", "failed")]) == 1.0
     });
     expect(&s, signed(&position(43, 2), b"device forty-three key"));
-    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 8.0);
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 10.0);
     let m = s.metrics();
     assert_eq!(
         metric_sum(&m, "fleetwire_datagrams_received_total", &[]),
         metric_sum(&m, "fleetwire_datagrams_accepted_total", &[])
             + metric_sum(&m, "fleetwire_datagrams_rejected_total", &[])
     );
+}
+
+#[test]
+fn optional_auth_lets_keyless_devices_in_and_keeps_keyed_ones_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("42 {KEY42}\n")).unwrap();
+    let s = Server::start(&["--udp-auth", "optional", "--keys-file", keys.to_str().unwrap()]);
+    let key = hex::decode(KEY42).unwrap();
+    let sock = udp_sender();
+    let mut n = 0;
+    let mut send = |d: Vec<u8>| {
+        sock.send_to(&d, s.udp).unwrap();
+        n += 1;
+        s.wait_received("udp", n);
+    };
+    send(signed(&position(42, 1), &key));
+    // An unsigned frame far ahead for the keyed device: refused, so it
+    // cannot push the device's window out of reach.
+    send(bytes(&position(42, 1_000)));
+    assert_eq!(s.metric("fleetwire_datagrams_rejected_total", &[("reason", "auth_required")]), 1.0);
+    send(signed(&position(42, 2), &key));
+    // A device without a key sends unsigned frames.
+    send(bytes(&position(7, 1)));
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 3.0);
+    assert_eq!(s.json("/api/devices/42")["sequence"]["highest"], 2);
 }
 
 #[test]
@@ -228,6 +272,43 @@ fn a_source_at_ten_times_its_quota_gets_its_quota() {
     // Limiter state is bounded even for spoofed sources (unit-tested in
     // policy.rs); two sources here.
     assert_eq!(s.metric("fleetwire_rate_limiter_sources", &[]), 2.0);
+}
+
+#[test]
+fn a_device_at_ten_times_its_quota_gets_its_quota() {
+    let s = Server::start(&["--rate-limit-device", "50", "--rate-limit-burst", "20"]);
+    let sock = udp_sender();
+    let start = Instant::now();
+    let (mut loud, mut quiet) = (0u32, 0u32);
+    // Device 1 at 500/s (10x), device 2 at 20/s, from the same source.
+    while start.elapsed() < Duration::from_secs(3) {
+        let due = (start.elapsed().as_secs_f64() * 500.0) as u32;
+        while loud < due {
+            sock.send_to(&bytes(&position(1, loud)), s.udp).unwrap();
+            loud += 1;
+        }
+        if quiet < due / 25 {
+            sock.send_to(&bytes(&position(2, quiet)), s.udp).unwrap();
+            quiet += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    s.wait_received("udp", u64::from(loud + quiet));
+    let got = |id: u32| {
+        s.json(&format!("/api/devices/{id}"))["sequence"]["received"].as_u64().unwrap() as f64
+    };
+    let quota = 20.0 + 50.0 * elapsed;
+    assert!(
+        (got(1) - quota).abs() <= 0.1 * quota,
+        "device 1 got {}, its quota is {quota:.0}",
+        got(1)
+    );
+    assert_eq!(got(2), f64::from(quiet));
+    assert_eq!(
+        s.metric("fleetwire_datagrams_rejected_total", &[("reason", "rate_limited")]),
+        f64::from(loud) - got(1)
+    );
 }
 
 #[test]
@@ -321,16 +402,18 @@ fn soak_sent_equals_accepted_plus_refused_plus_kernel_drops() {
     }
     assert_eq!(sent, per_loop * loops);
     // Everything sent is accounted for once the sockets are drained.
-    s.wait_until(60, "sent = accepted + refused + kernel drops", |s| {
+    s.wait_until(60, "sent = received + kernel drops", |s| {
         let m = s.metrics();
-        let accepted = metric_sum(&m, "fleetwire_datagrams_accepted_total", &[]) as u64;
-        let refused = metric_sum(&m, "fleetwire_datagrams_rejected_total", &[]) as u64;
         let drops = metric_sum(&m, "fleetwire_udp_receive_buffer_drops_total", &[]) as u64;
         let received = metric_sum(&m, "fleetwire_datagrams_received_total", &[]) as u64;
-        assert_eq!(received, accepted + refused);
         sent == received + drops
     });
+    // Once everything is read, every received datagram was accepted or refused.
     let m = s.metrics();
+    let accepted = metric_sum(&m, "fleetwire_datagrams_accepted_total", &[]) as u64;
+    let refused = metric_sum(&m, "fleetwire_datagrams_rejected_total", &[]) as u64;
+    let drops = metric_sum(&m, "fleetwire_udp_receive_buffer_drops_total", &[]) as u64;
+    assert_eq!(sent, accepted + refused + drops);
     eprintln!(
         "soak: {sent} datagrams in {:.0} s: {} accepted, {} refused, {} dropped by the kernel",
         start.elapsed().as_secs_f64(),

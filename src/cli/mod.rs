@@ -268,6 +268,15 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Renew the server certificate from the CA in --dir (the CA stays).
+    Server {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Server names and addresses (repeat the flag).
+        #[arg(long = "san", default_values = ["localhost", "127.0.0.1", "::1"])]
+        sans: Vec<String>,
+    },
     /// Make a client certificate for a device, signed by the CA in --dir.
     Device {
         /// Device id (1..=4294967295).
@@ -301,18 +310,16 @@ pub fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
         }
-        Command::Config(ConfigCommand::Show(a)) => {
-            match Config::load(a.config.as_deref(), &a.flags) {
-                Ok(c) => {
-                    print!("{}", toml::to_string(&c).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("fleetwire: configuration error: {e}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
+        Command::Config(ConfigCommand::Show(a)) => match a.load() {
+            Ok(c) => {
+                print!("{}", toml::to_string(&c).unwrap_or_default());
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("fleetwire: configuration error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Certs(c) => certs(c),
         Command::Sim(a) => {
             init_logging();
@@ -433,6 +440,21 @@ fn certs(c: CertsCommand) -> ExitCode {
                 );
                 println!("server certificate: {}  (quic_cert)", f.server_cert.display());
                 println!("server private key: {}  (quic_key)", f.server_key.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetwire: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        CertsCommand::Server { dir, sans } => match crate::certs::server(&dir, &sans) {
+            Ok((c, k)) => {
+                println!(
+                    "server certificate: {}  (quic_cert; valid {} days)",
+                    c.display(),
+                    crate::certs::SERVER_DAYS
+                );
+                println!("server private key: {}  (quic_key)", k.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -346,7 +346,7 @@ impl Device {
         &mut self,
         m: &Monitoring<'_>,
         t_ms: u64,
-        now_ms: u64,
+        _now_ms: u64,
         cfg: &EngineConfig,
         totals: &mut ShardTotals,
     ) {
@@ -378,7 +378,7 @@ impl Device {
                     continue;
                 }
             };
-            series[idx].push(t_ms, r.value, now_ms, cfg.reading_window_ms, cfg.reading_samples);
+            series[idx].push(t_ms, r.value, cfg.reading_window_ms, cfg.reading_samples);
         }
     }
 

@@ -342,20 +342,47 @@ impl Engine {
         }
     }
 
+    /// Calls `f` with a copy of each shard's devices in turn; the shard's
+    /// lock is held only while copying.
+    pub fn for_each_shard_owned(&self, f: &mut dyn FnMut(Vec<Device>)) {
+        for s in self.shards.iter() {
+            let devices = s.lock().devices().to_vec();
+            f(devices);
+        }
+    }
+
     /// Puts restored devices back (from a snapshot), least recently seen first.
-    pub fn restore(&self, mut devices: Vec<Device>, totals: Option<ShardTotals>) {
-        devices.sort_by_key(|d| d.last_seen_ms);
+    pub fn restore(&self, devices: Vec<Device>, totals: Option<ShardTotals>) {
+        // Per shard, keep the most recently seen devices that fit (the
+        // configuration may have shrunk since the snapshot), and insert them
+        // least recently seen first so the eviction order is right.
+        let mut per_shard: Vec<Vec<Device>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
         for d in devices {
             let s = self.shard_of(d.id);
+            if let Some(v) = per_shard.get_mut(s) {
+                v.push(d);
+            }
+        }
+        let cap = self.cfg.max_devices_per_shard.max(1);
+        let mut dropped = 0u64;
+        for (s, mut v) in per_shard.into_iter().enumerate() {
+            v.sort_by_key(|d| std::cmp::Reverse(d.last_seen_ms));
+            if v.len() > cap {
+                dropped += (v.len() - cap) as u64;
+                v.truncate(cap);
+            }
             let mut shard = self.shards[s].lock();
-            if shard.len() < self.cfg.max_devices_per_shard.max(1) {
+            for d in v.into_iter().rev() {
                 shard.restore(d);
             }
         }
         if let Some(mut t) = totals {
             t.pending = 0;
             t.online = 0;
+            t.evicted += dropped;
             self.shards[0].lock().totals = t;
+        } else {
+            self.shards[0].lock().totals.evicted += dropped;
         }
         // Each shard accounts for the awaited frames of its own devices.
         for s in self.shards.iter() {

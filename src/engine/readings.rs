@@ -1,4 +1,9 @@
 //! Named readings: last value and statistics over a sliding time window.
+//!
+//! The window ends at the reading's newest sample (by sample time), not at
+//! the server clock: a device whose clock runs behind, or a backlog batch,
+//! still gets statistics over its own last `window` of samples. How old
+//! that is shows in the device's last-seen time.
 
 use std::collections::VecDeque;
 
@@ -42,10 +47,16 @@ impl ReadingSeries {
         ReadingSeries { name: name.into(), samples: VecDeque::new() }
     }
 
+    /// The newest sample time.
+    fn newest(&self) -> Option<u64> {
+        self.samples.iter().map(|(t, _)| *t).max()
+    }
+
     /// Adds a sample, dropping the oldest beyond `cap` and those older than
-    /// `now_ms - window_ms`.
-    pub fn push(&mut self, t_ms: u64, value: f64, now_ms: u64, window_ms: u64, cap: usize) {
-        let horizon = now_ms.saturating_sub(window_ms);
+    /// the window before the newest sample.
+    pub fn push(&mut self, t_ms: u64, value: f64, window_ms: u64, cap: usize) {
+        let newest = self.newest().map_or(t_ms, |n| n.max(t_ms));
+        let horizon = newest.saturating_sub(window_ms);
         while self.samples.front().is_some_and(|(t, _)| *t < horizon) {
             self.samples.pop_front();
         }
@@ -70,17 +81,11 @@ impl ReadingSeries {
         self.samples.capacity() * std::mem::size_of::<(u64, f64)>() + self.name.len()
     }
 
-    /// Statistics over the samples taken in `[now - window, now]`; `None`
-    /// when there is no sample at all. With samples but none in the window,
-    /// `count` is 0 and the window statistics are NaN.
-    pub fn stats(
-        &self,
-        now_ms: u64,
-        window_ms: u64,
-        scratch: &mut Vec<f64>,
-    ) -> Option<WindowStats> {
+    /// Statistics over the samples taken in `[newest - window, newest]`;
+    /// `None` when there is no sample at all.
+    pub fn stats(&self, window_ms: u64, scratch: &mut Vec<f64>) -> Option<WindowStats> {
         let &(last_ms, last) = self.samples.iter().max_by_key(|(t, _)| *t)?;
-        let horizon = now_ms.saturating_sub(window_ms);
+        let horizon = last_ms.saturating_sub(window_ms);
         scratch.clear();
         scratch.extend(self.samples.iter().filter(|(t, _)| *t >= horizon).map(|(_, v)| *v));
         let n = scratch.len();
@@ -126,14 +131,14 @@ mod tests {
         let mut r = ReadingSeries::new("t");
         let mut s = Vec::new();
         for i in 1..=100u64 {
-            r.push(i * 1000, i as f64, i * 1000, 1_000_000, 1000);
+            r.push(i * 1000, i as f64, 1_000_000, 1000);
         }
-        let st = r.stats(100_000, 1_000_000, &mut s).unwrap();
+        let st = r.stats(1_000_000, &mut s).unwrap();
         assert_eq!((st.count, st.min, st.max, st.mean), (100, 1.0, 100.0, 50.5));
         assert_eq!((st.p50, st.p95, st.p99), (50.0, 95.0, 99.0));
         assert_eq!((st.last, st.last_ms), (100.0, 100_000));
         // Only the last 10 s: samples 90..=100.
-        let st = r.stats(100_000, 10_000, &mut s).unwrap();
+        let st = r.stats(10_000, &mut s).unwrap();
         assert_eq!((st.count, st.min, st.max), (11, 90.0, 100.0));
     }
 
@@ -141,14 +146,25 @@ mod tests {
     fn cap_and_expiry_bound_memory() {
         let mut r = ReadingSeries::new("t");
         for i in 0..10_000u64 {
-            r.push(i, 1.0, i, 1_000_000, 64);
+            r.push(i, 1.0, 1_000_000, 64);
         }
         assert_eq!(r.len(), 64);
-        // Old samples leave as time passes, but the newest stays.
-        r.push(10_000_000, 2.0, 10_000_000, 60_000, 64);
+        // Old samples leave as newer ones arrive.
+        r.push(10_000_000, 2.0, 60_000, 64);
         assert_eq!(r.len(), 1);
-        let st = r.stats(20_000_000, 60_000, &mut Vec::new()).unwrap();
-        assert_eq!((st.count, st.last), (0, 2.0));
-        assert!(st.mean.is_nan());
+        let st = r.stats(60_000, &mut Vec::new()).unwrap();
+        assert_eq!((st.count, st.last, st.mean), (1, 2.0, 2.0));
+    }
+
+    #[test]
+    fn a_device_clock_far_behind_still_gets_statistics() {
+        let mut r = ReadingSeries::new("t");
+        // Samples stamped a day in the past (a backlog, or a skewed clock).
+        let day_ago = 1_764_000_000_000u64 - 86_400_000;
+        for i in 0..10u64 {
+            r.push(day_ago + i * 1000, i as f64, 60_000, 128);
+        }
+        let st = r.stats(60_000, &mut Vec::new()).unwrap();
+        assert_eq!((st.count, st.min, st.max), (10, 0.0, 9.0));
     }
 }

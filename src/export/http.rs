@@ -179,30 +179,44 @@ fn brief(d: &Device, now: u64, engine: &Engine) -> Value {
     })
 }
 
-async fn devices(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Json<Value> {
-    let limit = q.limit.unwrap_or(1000).min(100_000);
-    let offset = q.offset.unwrap_or(0);
-    let now = now_ms();
-    let off = st.engine.config().offline_after_ms;
-    // Ids first (cheap), then the page's devices.
-    let mut ids = Vec::new();
-    st.engine.for_each_shard(|s| {
-        ids.extend(
-            s.devices()
-                .iter()
-                .filter(|d| q.online.is_none_or(|o| d.online(now, off) == o))
-                .map(|d| d.id),
-        );
-    });
-    ids.sort_unstable();
-    let total = ids.len();
-    let page: Vec<Value> = ids
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .filter_map(|id| st.engine.with_device(*id, |d| brief(d, now, &st.engine)))
-        .collect();
-    Json(json!({"total": total, "offset": offset, "limit": limit, "devices": page}))
+/// Most devices per `/api/devices` page.
+pub const MAX_PAGE: usize = 10_000;
+/// Most features per `/api/positions.geojson`.
+pub const MAX_FEATURES: usize = 100_000;
+
+async fn devices(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
+    // Walking the device table is work for a blocking thread, not for the
+    // runtime that also drives QUIC.
+    let r = tokio::task::spawn_blocking(move || {
+        let limit = q.limit.unwrap_or(1000).min(MAX_PAGE);
+        let offset = q.offset.unwrap_or(0);
+        let now = now_ms();
+        let off = st.engine.config().offline_after_ms;
+        // Ids first (cheap), then the page's devices.
+        let mut ids = Vec::new();
+        st.engine.for_each_shard(|s| {
+            ids.extend(
+                s.devices()
+                    .iter()
+                    .filter(|d| q.online.is_none_or(|o| d.online(now, off) == o))
+                    .map(|d| d.id),
+            );
+        });
+        ids.sort_unstable();
+        let total = ids.len();
+        let page: Vec<Value> = ids
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|id| st.engine.with_device(*id, |d| brief(d, now, &st.engine)))
+            .collect();
+        json!({"total": total, "offset": offset, "limit": limit, "devices": page})
+    })
+    .await;
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 async fn device(State(st): State<Arc<AppState>>, Path(id): Path<u32>) -> Response {
@@ -215,7 +229,7 @@ async fn device(State(st): State<Arc<AppState>>, Path(id): Path<u32>) -> Respons
             .iter()
             .flat_map(|r| r.iter())
             .map(|s| {
-                let st = s.stats(now, cfg.reading_window_ms, &mut scratch);
+                let st = s.stats(cfg.reading_window_ms, &mut scratch);
                 json!({"name": &*s.name, "window_seconds": cfg.reading_window_ms as f64 / 1000.0, "stats": st})
             })
             .collect();
@@ -263,36 +277,39 @@ async fn device(State(st): State<Arc<AppState>>, Path(id): Path<u32>) -> Respons
 }
 
 async fn geojson(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
-    let limit = q.limit.unwrap_or(10_000).min(1_000_000);
-    let now = now_ms();
-    let off = st.engine.config().offline_after_ms;
-    let mut features = Vec::new();
-    st.engine.for_each_shard(|s| {
-        for d in s.devices() {
-            if features.len() >= limit {
-                return;
+    let r = tokio::task::spawn_blocking(move || {
+        let limit = q.limit.unwrap_or(10_000).min(MAX_FEATURES);
+        let now = now_ms();
+        let off = st.engine.config().offline_after_ms;
+        let mut features = Vec::new();
+        st.engine.for_each_shard(|s| {
+            for d in s.devices() {
+                if features.len() >= limit {
+                    return;
+                }
+                let online = d.online(now, off);
+                if q.online.is_some_and(|o| o != online) {
+                    continue;
+                }
+                if let Some(f) = d.fix {
+                    features.push(json!({
+                        "type": "Feature",
+                        "id": d.id,
+                        "geometry": {"type": "Point", "coordinates": [f.lon(), f.lat(), f64::from(f.alt_dm) / 10.0]},
+                        "properties": {
+                            "device": d.id, "online": online, "moving": d.track.moving,
+                            "speed_m_s": f64::from(f.speed_cm_s) / 100.0, "heading_deg": f64::from(f.heading_ddeg) / 10.0,
+                            "odometer_m": d.track.odometer_m, "time_ms": f.t_ms,
+                        },
+                    }));
+                }
             }
-            let online = d.online(now, off);
-            if q.online.is_some_and(|o| o != online) {
-                continue;
-            }
-            if let Some(f) = d.fix {
-                features.push(json!({
-                    "type": "Feature",
-                    "id": d.id,
-                    "geometry": {"type": "Point", "coordinates": [f.lon(), f.lat(), f64::from(f.alt_dm) / 10.0]},
-                    "properties": {
-                        "device": d.id, "online": online, "moving": d.track.moving,
-                        "speed_m_s": f64::from(f.speed_cm_s) / 100.0, "heading_deg": f64::from(f.heading_ddeg) / 10.0,
-                        "odometer_m": d.track.odometer_m, "time_ms": f.t_ms,
-                    },
-                }));
-            }
-        }
-    });
-    (
-        [(header::CONTENT_TYPE, "application/geo+json")],
-        Json(json!({"type": "FeatureCollection", "features": features})),
-    )
-        .into_response()
+        });
+        json!({"type": "FeatureCollection", "features": features})
+    })
+    .await;
+    match r {
+        Ok(v) => ([(header::CONTENT_TYPE, "application/geo+json")], Json(v)).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }

@@ -73,18 +73,12 @@ fn per_device(
 fn collect(engine: &Engine, now_ms: u64) -> Vec<Row> {
     let cfg = engine.config();
     let mut rows = Vec::new();
-    let mut scratch = Vec::new();
+    // Under each shard's lock only copy; statistics (sorting samples for
+    // percentiles) are computed after the lock is released.
+    let mut series: Vec<Vec<crate::engine::readings::ReadingSeries>> = Vec::new();
     engine.for_each_shard(|shard| {
         for d in shard.devices().iter().filter(|d| d.exported) {
-            let readings = d
-                .readings
-                .iter()
-                .flat_map(|rs| rs.iter())
-                .filter_map(|s| {
-                    s.stats(now_ms, cfg.reading_window_ms, &mut scratch)
-                        .map(|st| (s.name.to_string(), st))
-                })
-                .collect();
+            series.push(d.readings.as_ref().map(|r| r.to_vec()).unwrap_or_default());
             rows.push(Row {
                 id: d.id,
                 online: d.online(now_ms, cfg.offline_after_ms),
@@ -102,10 +96,19 @@ fn collect(engine: &Engine, now_ms: u64) -> Vec<Row> {
                 jitter_ms: d.jitter_ms,
                 latency_ms: d.latency_ms,
                 info: d.info.as_ref().map(|i| (i.firmware.to_string(), i.model.to_string())),
-                readings,
+                readings: Vec::new(),
             });
         }
     });
+    let mut scratch = Vec::new();
+    for (row, series) in rows.iter_mut().zip(series) {
+        row.readings = series
+            .iter()
+            .filter_map(|s| {
+                s.stats(cfg.reading_window_ms, &mut scratch).map(|st| (s.name.to_string(), st))
+            })
+            .collect();
+    }
     rows.sort_unstable_by_key(|r| r.id);
     rows
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -36,11 +36,11 @@ pub struct QuicHandle {
 
 impl QuicHandle {
     /// Stops accepting, closes every connection and waits for the endpoint
-    /// to go idle (at most 2 s).
+    /// to go idle (at most 1 s).
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"server shutting down");
         self.task.abort();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
             .await;
     }
 }
@@ -95,7 +95,7 @@ pub fn start(
         ))
         .datagram_receive_buffer_size(Some(cfg.quic_datagram_buffer.max(2048)))
         .max_concurrent_bidi_streams(0u32.into())
-        .max_concurrent_uni_streams(16u32.into());
+        .max_concurrent_uni_streams(4u32.into());
     server.transport_config(Arc::new(transport));
     server.migration(true);
     let endpoint = quinn::Endpoint::new(
@@ -172,15 +172,17 @@ async fn handle_connection(incoming: quinn::Incoming, pipeline: &Arc<Pipeline>) 
             return;
         }
     };
+    // With a client certificate, its device id is authoritative; one from
+    // our CA that names no device names device 0, so every frame on the
+    // connection is refused (identity_mismatch) instead of claiming any id.
     let identity = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|chain| chain.first().and_then(|leaf| certs::device_id_of(leaf)));
+        .and_then(|chain| chain.first().map(|leaf| certs::device_id_of(leaf).unwrap_or(0)));
     tracing::debug!(%remote, ?identity, "QUIC connection");
-    let read = Arc::new(AtomicU64::new(0));
     let datagrams = {
-        let (conn, pipeline, read) = (conn.clone(), pipeline.clone(), read.clone());
-        tokio::spawn(async move { datagram_loop(&conn, &pipeline, identity, &read).await })
+        let (conn, pipeline) = (conn.clone(), pipeline.clone());
+        tokio::spawn(async move { datagram_loop(&conn, &pipeline, identity).await })
     };
     let streams = {
         let (conn, pipeline) = (conn.clone(), pipeline.clone());
@@ -195,36 +197,66 @@ async fn handle_connection(incoming: quinn::Incoming, pipeline: &Arc<Pipeline>) 
     tracing::debug!(%remote, %reason, "QUIC connection closed");
     let _ = datagrams.await;
     streams.abort();
-    // quinn drops the oldest datagram when the receive buffer is full and
-    // counts every DATAGRAM frame it received: the difference is the drops.
-    let received = conn.stats().frame_rx.datagram;
-    let dropped = received.saturating_sub(read.load(Ordering::Relaxed));
-    if dropped > 0 {
-        pipeline.metrics().quic_datagrams_dropped.increment(dropped);
-    }
 }
 
-async fn datagram_loop(
-    conn: &quinn::Connection,
-    pipeline: &Pipeline,
-    identity: Option<u32>,
-    read: &AtomicU64,
-) {
+async fn datagram_loop(conn: &quinn::Connection, pipeline: &Pipeline, identity: Option<u32>) {
     let source = Some(conn.remote_address());
     let mut batch: Vec<Bytes> = Vec::with_capacity(DATAGRAM_BATCH);
+    let mut carry: Option<Bytes> = None;
+    let mut total_read = 0u64;
+    let mut dropped_reported = 0u64;
     loop {
-        match conn.read_datagram().await {
-            Ok(b) => batch.push(b),
-            Err(_) => return,
+        match carry.take() {
+            Some(b) => batch.push(b),
+            None => match conn.read_datagram().await {
+                Ok(b) => batch.push(b),
+                Err(_) => {
+                    // Closed: whatever quinn received and we never read was dropped.
+                    let dropped = conn.stats().frame_rx.datagram.saturating_sub(total_read);
+                    if dropped > dropped_reported {
+                        pipeline
+                            .metrics()
+                            .quic_datagrams_dropped
+                            .increment(dropped - dropped_reported);
+                    }
+                    return;
+                }
+            },
         }
         // Take whatever else is already buffered without waiting.
+        let mut drained = false;
         while batch.len() < DATAGRAM_BATCH {
             match conn.read_datagram().now_or_never() {
                 Some(Ok(b)) => batch.push(b),
-                _ => break,
+                _ => {
+                    drained = true;
+                    break;
+                }
             }
         }
-        read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        total_read += batch.len() as u64;
+        if drained {
+            // quinn counts every DATAGRAM frame it receives and drops the
+            // oldest when its buffer is full. Right after finding the buffer
+            // empty, every frame counted so far was either read or dropped,
+            // so the difference is exact. (If one arrived in between, it is
+            // read next round and the count waits for the next drain.)
+            let received = conn.stats().frame_rx.datagram;
+            match conn.read_datagram().now_or_never() {
+                Some(Ok(b)) => carry = Some(b),
+                Some(Err(_)) => {}
+                None => {
+                    let dropped = received.saturating_sub(total_read);
+                    if dropped > dropped_reported {
+                        pipeline
+                            .metrics()
+                            .quic_datagrams_dropped
+                            .increment(dropped - dropped_reported);
+                        dropped_reported = dropped;
+                    }
+                }
+            }
+        }
         let views: Vec<Datagram<'_>> = batch
             .iter()
             .map(|b| Datagram { bytes: b, truncated: false, source, identity })
@@ -248,7 +280,9 @@ async fn stream_loop(
     remote: SocketAddr,
 ) {
     let source = Some(remote);
-    let mut buf = vec![0u8; u16::MAX as usize];
+    // Only frames up to the protocol's 1200 bytes are kept; the bytes of a
+    // longer record are read into this buffer and thrown away.
+    let mut buf = [0u8; fleetwire_proto::MAX_FRAME_LEN];
     loop {
         let mut len = [0u8; 2];
         match read_full(&mut recv, &mut len).await {
@@ -260,15 +294,26 @@ async fn stream_loop(
             }
         }
         let len = usize::from(u16::from_be_bytes(len));
-        match read_full(&mut recv, &mut buf[..len]).await {
-            Ok(n) if n == len => {}
-            _ => {
-                incomplete(pipeline, source, identity);
-                return;
+        let (keep, truncated) = if len > buf.len() { (buf.len(), true) } else { (len, false) };
+        let mut got = read_full(&mut recv, &mut buf[..keep]).await.unwrap_or_default();
+        let mut rest = len - keep;
+        while got == keep && rest > 0 {
+            let mut skip = [0u8; 256];
+            let step = rest.min(skip.len());
+            match read_full(&mut recv, &mut skip[..step]).await {
+                Ok(n) if n == step => rest -= step,
+                _ => {
+                    got = 0;
+                    break;
+                }
             }
         }
+        if got != keep {
+            incomplete(pipeline, source, identity);
+            return;
+        }
         pipeline.metrics().quic_stream_frames.increment(1);
-        let d = Datagram { bytes: &buf[..len], truncated: false, source, identity };
+        let d = Datagram { bytes: &buf[..keep], truncated, source, identity };
         pipeline.handle(Transport::Quic, now_ms(), &[d]);
     }
 }

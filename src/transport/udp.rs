@@ -32,6 +32,16 @@ pub struct BoundUdp {
 /// several threads share the port). Logs the granted buffer size and warns
 /// when the kernel capped it.
 pub fn bind(addr: SocketAddr, recv_buffer: usize, reuse_port: bool) -> io::Result<BoundUdp> {
+    bind_for("UDP ingest", addr, recv_buffer, reuse_port)
+}
+
+/// [`bind`], naming the socket's `purpose` in the logs.
+pub fn bind_for(
+    purpose: &str,
+    addr: SocketAddr,
+    recv_buffer: usize,
+    reuse_port: bool,
+) -> io::Result<BoundUdp> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if reuse_port {
         socket.set_reuse_port(true)?;
@@ -40,18 +50,30 @@ pub fn bind(addr: SocketAddr, recv_buffer: usize, reuse_port: bool) -> io::Resul
         // [::] takes IPv4 too, whatever the system default.
         let _ = socket.set_only_v6(false);
     }
-    let _ = socket.set_recv_buffer_size(recv_buffer);
+    // With CAP_NET_ADMIN (root), SO_RCVBUFFORCE may exceed net.core.rmem_max;
+    // otherwise SO_RCVBUF, which the kernel caps at it.
+    let forced = sys::set_rcvbuf_force(&socket, recv_buffer).is_ok();
+    if !forced {
+        let _ = socket.set_recv_buffer_size(recv_buffer);
+    }
     let granted = socket.recv_buffer_size().unwrap_or(0);
     // Linux reports twice the usable size.
     if granted / 2 < recv_buffer {
         tracing::warn!(
+            socket = purpose,
             requested = recv_buffer,
             granted = granted / 2,
-            "kernel capped the UDP receive buffer: raise net.core.rmem_max \
+            "kernel capped the receive buffer: raise net.core.rmem_max \
              (sysctl -w net.core.rmem_max={recv_buffer}) to absorb bursts without drops"
         );
     } else {
-        tracing::info!(requested = recv_buffer, granted = granted / 2, "UDP receive buffer");
+        tracing::info!(
+            socket = purpose,
+            requested = recv_buffer,
+            granted = granted / 2,
+            forced,
+            "receive buffer"
+        );
     }
     socket.bind(&SockAddr::from(addr))?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -311,6 +333,24 @@ mod sys {
 
     /// Most datagrams per call.
     pub const MAX_BATCH: usize = 1024;
+
+    /// SO_RCVBUFFORCE: a receive buffer beyond net.core.rmem_max, allowed
+    /// with CAP_NET_ADMIN.
+    pub fn set_rcvbuf_force(socket: &socket2::Socket, bytes: usize) -> io::Result<()> {
+        let v: libc::c_int = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+        // SAFETY: a valid socket descriptor and a pointer to a c_int of the
+        // size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
 
     /// Sends up to 64 datagrams on a connected socket; returns how many went.
     pub fn sendmmsg(socket: &UdpSocket, datagrams: &[Vec<u8>]) -> io::Result<usize> {
