@@ -32,7 +32,9 @@ python3 -m unittest discover -s proto/python
 if command -v cargo-fuzz >/dev/null; then
   step "short fuzz runs (cargo fuzz)"
   (cd proto/fuzz && for t in $(cargo fuzz list --fuzz-dir . 2>/dev/null); do
-     out=$(RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --fuzz-dir . "seeds/$t" -- -max_total_time=20 2>&1) || { echo "$out" | grep -v "^#" | tail -n 60; echo "fuzz target $t failed"; exit 1; }
+     mkdir -p "corpus/$t"
+     # New inputs go to corpus/ (not tracked); seeds/ is read only.
+     out=$(RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --fuzz-dir . "corpus/$t" "seeds/$t" -- -max_total_time=20 2>&1) || { echo "$out" | grep -v "^#" | tail -n 60; echo "fuzz target $t failed"; exit 1; }
      echo "$out" | grep -E "^Done" || true
    done)
 fi
