@@ -247,19 +247,20 @@ impl Device {
                 self.counts.filtered = self.counts.filtered.saturating_add(1);
                 totals.filtered[reason as usize] += 1;
             }
-            Ok(()) => self.accept_fix(p, t_ms, cfg),
+            Ok(d_last) => self.accept_fix(p, t_ms, d_last, cfg),
         }
     }
 
     /// The plausibility filter. Every refusal is kept out of the odometer
-    /// and the last position.
+    /// and the last position. On success, the distance from the last
+    /// accepted fix (if any), for the track to reuse.
     fn check_position(
         &mut self,
         p: &Position,
         t_ms: u64,
         now_ms: u64,
         cfg: &EngineConfig,
-    ) -> Result<(), FilterReason> {
+    ) -> Result<Option<f64>, FilterReason> {
         if p.fix == FixType::NoFix {
             return Err(FilterReason::NoFix);
         }
@@ -275,7 +276,7 @@ impl Device {
         if cfg.max_hacc_cm > 0 && p.hacc_cm > cfg.max_hacc_cm {
             return Err(FilterReason::LowAccuracy);
         }
-        let Some(last) = self.fix else { return Ok(()) };
+        let Some(last) = self.fix else { return Ok(None) };
         if t_ms <= last.t_ms {
             return Err(FilterReason::OutOfOrder);
         }
@@ -294,15 +295,17 @@ impl Device {
             // without adding the jump to the odometer.
             self.track.anchor = None;
             self.fix = None;
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(d))
     }
 
-    fn accept_fix(&mut self, p: &Position, t_ms: u64, cfg: &EngineConfig) {
+    fn accept_fix(&mut self, p: &Position, t_ms: u64, d_last: Option<f64>, cfg: &EngineConfig) {
         let new = Fix::from_position(p, t_ms);
         self.track.implausible_run = 0;
         if let Some(last) = self.fix {
-            let d = geo::distance_m(last.lat(), last.lon(), new.lat(), new.lon());
+            let d = d_last
+                .unwrap_or_else(|| geo::distance_m(last.lat(), last.lon(), new.lat(), new.lon()));
             let dt = (t_ms - last.t_ms) as f64 / 1000.0;
             if dt > 0.0 {
                 self.track.derived_speed_m_s = d / dt;

@@ -16,6 +16,9 @@ pub struct ReadingSeries {
     pub name: Box<str>,
     /// (sample time in Unix ms, value), in arrival order.
     samples: VecDeque<(u64, f64)>,
+    /// The newest sample time seen.
+    #[serde(default)]
+    newest_ms: u64,
 }
 
 /// Statistics of one reading over the window.
@@ -44,19 +47,14 @@ pub struct WindowStats {
 impl ReadingSeries {
     /// An empty series.
     pub fn new(name: &str) -> Self {
-        ReadingSeries { name: name.into(), samples: VecDeque::new() }
-    }
-
-    /// The newest sample time.
-    fn newest(&self) -> Option<u64> {
-        self.samples.iter().map(|(t, _)| *t).max()
+        ReadingSeries { name: name.into(), samples: VecDeque::new(), newest_ms: 0 }
     }
 
     /// Adds a sample, dropping the oldest beyond `cap` and those older than
     /// the window before the newest sample.
     pub fn push(&mut self, t_ms: u64, value: f64, window_ms: u64, cap: usize) {
-        let newest = self.newest().map_or(t_ms, |n| n.max(t_ms));
-        let horizon = newest.saturating_sub(window_ms);
+        self.newest_ms = self.newest_ms.max(t_ms);
+        let horizon = self.newest_ms.saturating_sub(window_ms);
         while self.samples.front().is_some_and(|(t, _)| *t < horizon) {
             self.samples.pop_front();
         }
