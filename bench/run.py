@@ -271,6 +271,11 @@ def main():
                                       "sender_bound": z["send_rate"] < 0.97 * z["asked_rate"] or z is ladder["serve"][-1]}
         results["ratio_rate"] = z["send_rate"] / kernel_rate
         results["ratio_cpu_per_datagram"] = same_serve["cpu_per_million"] / max(same_sink["cpu_per_million"], 1e-9)
+        # Over all the paced rates both receivers took (less sensitive to the
+        # wake-ups that dominate the cost of an idle-ish receiver).
+        both = min(len(ladder["sink"]), len(ladder["serve"]))
+        results["ratio_cpu_ladder_median"] = (med([t["cpu_per_million"] for t in ladder["serve"][:both]])
+                                              / max(med([t["cpu_per_million"] for t in ladder["sink"][:both]]), 1e-9))
         log(f"   rate ratio {results['ratio_rate']:.3f}, CPU ratio {results['ratio_cpu_per_datagram']:.2f}")
 
     log("== 3b. cost per datagram against fleet size: 100 devices vs 1,000,000 devices")
@@ -401,7 +406,7 @@ def render(r):
         L.append(f"| serve: highest paced rate taken with zero loss | {z['rate']:,.0f} datagrams/s |")
         L.append(f"| serve CPU at {sr['rate']:,} datagrams/s | {sr['serve']['cpu_per_million']:.2f} CPU-s per million datagrams (lost {sr['serve']['loss']}) |")
         L.append(f"| **rate ratio serve / kernel limit** | **{r['ratio_rate']:.3f}** (target >= 0.95) |")
-        L.append(f"| **CPU per datagram ratio serve / bare receiver, same offered rate** | **{r['ratio_cpu_per_datagram']:.2f}** (target <= 2) |")
+        L.append(f"| **CPU per datagram ratio serve / bare receiver, same offered rate** | **{r['ratio_cpu_per_datagram']:.2f}** at the first rate, **{r.get('ratio_cpu_ladder_median', float('nan')):.2f}** median over all paced rates (target <= 2) |")
     else:
         L.append("| serve: highest offered rate with zero loss | none of the trials |")
     q = r["quic_vs_udp"]
