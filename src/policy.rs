@@ -158,6 +158,31 @@ impl Policy {
         }
     }
 
+    /// Policies from parts (for tools and fuzzing): `udp_auth` with `keys`,
+    /// rate limits per source and device (0 = none) with `burst`, and the
+    /// most sources and devices the limiters track.
+    pub fn new(
+        udp_auth: UdpAuth,
+        keys: Keys,
+        (rate_source, rate_device, burst): (f64, f64, f64),
+        (max_sources, max_devices): (usize, usize),
+    ) -> Self {
+        fn limiter<K: std::hash::Hash + Eq>(
+            rate: f64,
+            burst: f64,
+            cap: usize,
+        ) -> Option<Mutex<Limiter<K>>> {
+            (rate > 0.0).then(|| Mutex::new(Limiter::new(rate, burst, cap)))
+        }
+        Policy {
+            udp_auth,
+            keys_path: None,
+            keys: RwLock::new(Arc::new(keys)),
+            sources: limiter(rate_source, burst, max_sources),
+            devices: limiter(rate_device, burst, max_devices),
+        }
+    }
+
     /// The policies `cfg` asks for (loading the keys file).
     pub fn from_config(cfg: &Config) -> Result<Self, KeysError> {
         let keys_path = (!cfg.keys_file.as_os_str().is_empty()).then(|| cfg.keys_file.clone());

@@ -298,9 +298,10 @@ async fn a_corrupted_frame_on_a_stream_spoils_nothing_else() {
     }
     st.finish().unwrap();
     tokio::time::timeout(Duration::from_secs(10), st.stopped()).await.unwrap().unwrap();
+    let s2 = &s;
+    tokio::task::block_in_place(|| s2.wait_received("quic", 6));
     // The connection is still good for datagrams afterwards.
     conn.send_datagram(frame(500, 4).into()).unwrap();
-    let s2 = &s;
     tokio::task::block_in_place(|| {
         s2.wait_received("quic", 7);
         let m = s2.metrics();

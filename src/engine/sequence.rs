@@ -42,6 +42,11 @@ pub struct SeqTracker {
     stale_run: u8,
     highest: u32,
     bits: u64,
+    /// Window positions from before the first frame (or the last restart):
+    /// never counted as gaps, so a frame arriving there is late, not a
+    /// reordered gap filler.
+    #[serde(default)]
+    unknown: u64,
     /// Distinct frames received.
     pub received: u64,
     /// Sequence numbers skipped when a newer frame arrived (monotonic).
@@ -52,7 +57,8 @@ pub struct SeqTracker {
     pub duplicates: u64,
     /// Frames that arrived after a newer one, inside the window.
     pub reordered: u64,
-    /// Frames that arrived older than the window.
+    /// Frames that arrived older than the window, or from before the first
+    /// frame seen.
     pub late: u64,
     /// Counter restarts.
     pub restarts: u64,
@@ -61,7 +67,7 @@ pub struct SeqTracker {
 impl SeqTracker {
     /// Skipped sequence numbers still inside the window (may yet arrive).
     pub fn pending(&self) -> u64 {
-        u64::from((!self.bits).count_ones())
+        u64::from((!self.bits & !self.unknown).count_ones())
     }
 
     /// Frames missing right now: skipped and not arrived since.
@@ -93,14 +99,17 @@ impl SeqTracker {
         } else if d == 0 {
             false
         } else {
+            // Positions from before the first frame count as seen: a
+            // signed frame from there may be a capture, so it is refused.
             let back = d.unsigned_abs();
-            back <= WINDOW && self.bits & (1u64 << (back - 1)) == 0
+            back <= WINDOW && (self.bits | self.unknown) & (1u64 << (back - 1)) == 0
         }
     }
 
     fn restart(&mut self, seq: u32) -> SeqOutcome {
         self.highest = seq;
-        self.bits = u64::MAX;
+        self.bits = 0;
+        self.unknown = u64::MAX;
         self.stale_run = 0;
         self.received += 1;
         if self.started {
@@ -132,6 +141,7 @@ impl SeqTracker {
             self.gaps += u64::from(gap);
             // Shift the window and record the old highest at bit d-1.
             self.bits = if d >= 64 { 0 } else { self.bits << d };
+            self.unknown = if d >= 64 { 0 } else { self.unknown << d };
             if d <= 64 {
                 self.bits |= 1u64 << (d - 1);
             }
@@ -150,6 +160,12 @@ impl SeqTracker {
                 if self.bits & bit != 0 {
                     self.duplicates += 1;
                     SeqOutcome::Duplicate
+                } else if self.unknown & bit != 0 {
+                    // From before the first frame we saw: never a gap.
+                    self.bits |= bit;
+                    self.received += 1;
+                    self.late += 1;
+                    SeqOutcome::Late
                 } else {
                     self.bits |= bit;
                     self.reordered += 1;
@@ -252,6 +268,22 @@ mod tests {
         }
         assert_eq!(t.observe(3, false), SeqOutcome::Restart);
         assert_eq!(t.observe(4, false), SeqOutcome::Ahead { gap: 0 });
+    }
+
+    #[test]
+    fn frames_from_before_the_first_one_are_late_not_duplicates() {
+        let mut t = feed(&[10]);
+        assert_eq!(t.observe(9, false), SeqOutcome::Late);
+        assert_eq!(t.observe(8, false), SeqOutcome::Late);
+        assert_eq!(t.observe(9, false), SeqOutcome::Duplicate);
+        assert_eq!((t.received, t.late, t.duplicates, t.lost(), t.pending()), (3, 2, 1, 0, 0));
+        // For replay protection they count as seen.
+        assert!(!t.is_fresh(7));
+        // Real gaps after the first frame still work.
+        t.observe(13, false);
+        assert_eq!((t.lost(), t.pending()), (2, 2));
+        assert_eq!(t.observe(12, false), SeqOutcome::Reordered);
+        assert_eq!((t.lost(), t.pending(), t.lost_confirmed()), (1, 1, 0));
     }
 
     #[test]

@@ -8,10 +8,15 @@
 //! so eviction and export-slot churn happen constantly; after every
 //! datagram its invariants must hold, and rendering and a snapshot round
 //! trip must work on whatever state results.
+//!
+//! The policy is on: devices 1 to 4 have keys (`udp_auth = "optional"`),
+//! sources and devices are rate limited, and the source address comes from
+//! the input. An unsigned frame claiming a keyed device is never accepted.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
 
+use fleetwire::config::UdpAuth;
 use fleetwire::engine::{Engine, EngineConfig};
 use fleetwire::export::metrics::Metrics;
 use fleetwire::ingest::{Datagram, Pipeline, Transport};
@@ -36,7 +41,9 @@ fuzz_target!(|data: &[u8]| {
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::new(cfg, SHARDS));
-    let pipeline = Pipeline::new(engine.clone(), metrics(), Policy::permissive());
+    let keys = (1..=4u32).map(|d| (d, vec![d as u8; 16].into_boxed_slice())).collect();
+    let policy = Policy::new(UdpAuth::Optional, keys, (50.0, 20.0, 5.0), (4, 8));
+    let pipeline = Pipeline::new(engine.clone(), metrics(), policy);
     let (clock, mut rest) = match data.split_first_chunk::<8>() {
         Some((c, r)) => (u64::from_le_bytes(*c) >> 20, r),
         None => return,
@@ -60,9 +67,15 @@ fuzz_target!(|data: &[u8]| {
         };
         now = now.saturating_add(u64::from(step & 0x3f) * 1000);
         let t = if step & 0x80 != 0 { Transport::Quic } else { Transport::Udp };
-        let d = Datagram { bytes, truncated: false, source: None, identity: None };
+        let source = std::net::SocketAddr::from(([10, 0, 0, (raw_len >> 8) as u8 & 7], 4480));
+        let d = Datagram { bytes, truncated: false, source: Some(source), identity: None };
         let out = pipeline.handle(t, now, &[d]);
         assert_eq!(out.accepted + out.rejected, 1);
+        if let Ok(f) = fleetwire_proto::decode(bytes) {
+            if t == Transport::Udp && (1..=4).contains(&f.device_id) && f.auth.is_none() {
+                assert_eq!(out.accepted, 0, "unsigned frame accepted for a keyed device");
+            }
+        }
         let s = engine.summary();
         assert!(s.devices as usize <= PER_SHARD * SHARDS);
         assert!(s.exported as usize <= EXPORTED);
