@@ -11,7 +11,7 @@ use fleetwire_proto::{DecodeError, decode};
 
 use crate::engine::{Accepted, Engine};
 use crate::export::metrics::Metrics;
-use crate::policy::{Policy, Verdict};
+use crate::policy::Policy;
 
 /// Where a datagram came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -210,10 +210,7 @@ impl Pipeline {
                     }
                 }
             }
-            // The engine refuses authenticated frames whose sequence number
-            // is not fresh, atomically with moving the replay window.
             let done = self.engine.ingest(now_ms, &batch);
-            let replays = done.replays;
             if let Some(fw) = &self.forward {
                 for (i, a) in batch.iter().enumerate() {
                     if done.applied & (1 << i) != 0 {
@@ -221,9 +218,7 @@ impl Pipeline {
                     }
                 }
             }
-            out.accepted += batch.len() as u64 - replays;
-            out.rejected += replays;
-            rejected[Reason::Replay.index(t)] += replays;
+            out.accepted += batch.len() as u64;
         }
         let totals = &counters.totals;
         totals.received.fetch_add(datagrams.len() as u64, Ordering::Relaxed);
@@ -255,8 +250,7 @@ impl Pipeline {
                 return Err(Reason::IdentityMismatch);
             }
         }
-        let verdict = self.policy.check(t, now_ms, d.source, &frame)?;
-        let require_fresh = verdict == Verdict::PassAuthenticated;
-        Ok(Accepted { frame, bytes: d.bytes.len(), require_fresh })
+        self.policy.check(t, now_ms, d.source, &frame)?;
+        Ok(Accepted { frame, bytes: d.bytes.len() })
     }
 }

@@ -13,6 +13,7 @@ pub mod export;
 pub mod forward;
 pub mod ingest;
 pub mod policy;
+pub mod replay;
 pub mod server;
 pub mod snapshot;
 pub mod transport;

@@ -13,6 +13,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Config, UdpAuth};
 use crate::ingest::{Reason, Transport};
+use crate::replay::ReplayWindows;
 
 /// Device keys: device id → HMAC key.
 pub type Keys = HashMap<u32, Box<[u8]>>;
@@ -127,21 +128,12 @@ impl<K: std::hash::Hash + Eq> Limiter<K> {
     }
 }
 
-/// What the policy decided about a frame that may go on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Go on.
-    Pass,
-    /// The tag verified: the engine must refuse it if its sequence number
-    /// is not fresh (replay), and only then move the window.
-    PassAuthenticated,
-}
-
 /// The policies of one server.
 pub struct Policy {
     udp_auth: UdpAuth,
     keys_path: Option<PathBuf>,
     keys: RwLock<Arc<Keys>>,
+    replay: ReplayWindows,
     sources: Option<Mutex<Limiter<IpAddr>>>,
     devices: Option<Mutex<Limiter<u32>>>,
 }
@@ -153,6 +145,7 @@ impl Policy {
             udp_auth: UdpAuth::Off,
             keys_path: None,
             keys: RwLock::new(Arc::default()),
+            replay: ReplayWindows::default(),
             sources: None,
             devices: None,
         }
@@ -178,6 +171,7 @@ impl Policy {
             udp_auth,
             keys_path: None,
             keys: RwLock::new(Arc::new(keys)),
+            replay: ReplayWindows::default(),
             sources: limiter(rate_source, burst, max_sources),
             devices: limiter(rate_device, burst, max_devices),
         }
@@ -201,6 +195,7 @@ impl Policy {
             udp_auth: cfg.udp_auth,
             keys_path,
             keys: RwLock::new(Arc::new(keys)),
+            replay: ReplayWindows::default(),
             sources: limiter(cfg.rate_limit_source, cfg.rate_limit_burst, cfg.rate_limit_sources),
             devices: limiter(
                 cfg.rate_limit_device,
@@ -225,36 +220,60 @@ impl Policy {
         self.keys.read().len()
     }
 
+    /// Whether `device` has a key.
+    pub fn has_key(&self, device: u32) -> bool {
+        self.keys.read().contains_key(&device)
+    }
+
+    /// The anti-replay windows of the signed devices.
+    pub fn replay_windows(&self) -> &ReplayWindows {
+        &self.replay
+    }
+
+    /// Replaces the anti-replay windows (restored from the data dir).
+    pub fn set_replay_windows(&mut self, windows: ReplayWindows) {
+        self.replay = windows;
+    }
+
     /// Sources tracked by the source limiter.
     pub fn tracked_sources(&self) -> usize {
         self.sources.as_ref().map_or(0, |l| l.lock().len())
     }
 
-    /// Checks a decoded frame against the policies.
+    /// Checks a decoded frame against the policies, in this order: the
+    /// source's rate limit, the authentication tag (UDP), the replay window
+    /// (only for frames whose tag verified; it moves only for them), the
+    /// device's rate limit.
     pub fn check(
         &self,
         t: Transport,
         now_ms: u64,
         source: Option<SocketAddr>,
         frame: &Frame<'_>,
-    ) -> Result<Verdict, Reason> {
+    ) -> Result<(), Reason> {
         if let (Some(l), Some(src)) = (&self.sources, source) {
             if !l.lock().allow(src.ip(), now_ms) {
                 return Err(Reason::RateLimited);
             }
         }
-        let verdict = if t == Transport::Udp { self.check_auth(frame)? } else { Verdict::Pass };
+        if t == Transport::Udp
+            && self.check_auth(frame)?
+            && !self.replay.accept(frame.device_id, frame.sequence)
+        {
+            return Err(Reason::Replay);
+        }
         if let Some(l) = &self.devices {
             if !l.lock().allow(frame.device_id, now_ms) {
                 return Err(Reason::RateLimited);
             }
         }
-        Ok(verdict)
+        Ok(())
     }
 
-    fn check_auth(&self, frame: &Frame<'_>) -> Result<Verdict, Reason> {
+    /// Whether the frame may go on: `Ok(true)` when its tag verified.
+    fn check_auth(&self, frame: &Frame<'_>) -> Result<bool, Reason> {
         match (self.udp_auth, frame.auth) {
-            (UdpAuth::Off, _) => Ok(Verdict::Pass),
+            (UdpAuth::Off, _) => Ok(false),
             // "optional" means: devices without a key may send unsigned
             // frames. A device with a key must sign, or anyone could move
             // its replay window with unsigned frames.
@@ -262,7 +281,7 @@ impl Policy {
                 if self.keys.read().contains_key(&frame.device_id) {
                     Err(Reason::AuthRequired)
                 } else {
-                    Ok(Verdict::Pass)
+                    Ok(false)
                 }
             }
             (UdpAuth::Required, None) => Err(Reason::AuthRequired),
@@ -270,9 +289,9 @@ impl Policy {
                 let keys = self.keys.read().clone();
                 match keys.get(&frame.device_id) {
                     None if mode == UdpAuth::Required => Err(Reason::UnknownKey),
-                    None => Ok(Verdict::Pass),
+                    None => Ok(false),
                     Some(key) => match tag.verify(key) {
-                        Ok(()) => Ok(Verdict::PassAuthenticated),
+                        Ok(()) => Ok(true),
                         Err(_) => Err(Reason::Decode(DecodeError::BadAuthTag)),
                     },
                 }

@@ -17,6 +17,7 @@ use crate::export::http::{AppState, router};
 use crate::export::metrics::Metrics;
 use crate::ingest::Pipeline;
 use crate::policy::Policy;
+use crate::replay::ReplayWindows;
 use crate::transport::udp;
 use crate::{now_ms, snapshot};
 
@@ -118,7 +119,27 @@ pub async fn run(
         }
     }
     let metrics = Arc::new(Metrics::new());
-    let policy = Policy::from_config(&cfg)?;
+    let mut policy = Policy::from_config(&cfg)?;
+    if cfg.snapshot {
+        match ReplayWindows::load(&cfg.data_dir) {
+            Ok(Some(w)) => {
+                tracing::info!(devices = w.len(), "restored anti-replay windows");
+                policy.set_replay_windows(w);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "could not restore anti-replay windows"),
+        }
+        // The engine's sequence state of keyed devices also bounds what
+        // they sent: nothing at or below it is accepted again, even if the
+        // replay file was lost.
+        engine.for_each_shard(|s| {
+            for d in s.devices() {
+                if let Some(h) = d.seq.highest().filter(|_| policy.has_key(d.id)) {
+                    policy.replay_windows().seed(d.id, h);
+                }
+            }
+        });
+    }
     metrics.keys_loaded.set(policy.key_count() as f64);
     let mut pipeline = Pipeline::new(engine.clone(), metrics.clone(), policy);
     let (fw_stop_tx, fw_stop_rx) = tokio::sync::watch::channel(false);
@@ -211,6 +232,7 @@ pub async fn run(
     // Upkeep: ticks, periodic snapshots, key reloads on SIGHUP.
     let upkeep = {
         let engine = engine.clone();
+        let pipeline = pipeline.clone();
         let metrics = metrics.clone();
         let dir = cfg.data_dir.clone();
         let snap_every =
@@ -225,8 +247,11 @@ pub async fn run(
                 if snap_every.is_some_and(|every| last_snap.elapsed() >= every) {
                     last_snap = Instant::now();
                     let (engine, metrics, dir) = (engine.clone(), metrics.clone(), dir.clone());
-                    let _ =
-                        tokio::task::spawn_blocking(move || save(&engine, &metrics, &dir)).await;
+                    let pipeline = pipeline.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        save(&engine, pipeline.policy(), &metrics, &dir)
+                    })
+                    .await;
                 }
             }
         })
@@ -258,10 +283,13 @@ pub async fn run(
     engine.tick(now_ms());
     let snapshot = if cfg.snapshot {
         let (e, m, d) = (engine.clone(), metrics.clone(), cfg.data_dir.clone());
-        tokio::task::spawn_blocking(move || save(&e, &m, &d).then(|| d.join(snapshot::FILE)))
-            .await
-            .ok()
-            .flatten()
+        let p = pipeline.clone();
+        tokio::task::spawn_blocking(move || {
+            save(&e, p.policy(), &m, &d).then(|| d.join(snapshot::FILE))
+        })
+        .await
+        .ok()
+        .flatten()
     } else {
         None
     };
@@ -281,9 +309,15 @@ pub async fn run(
     Ok(RunSummary { summary, snapshot })
 }
 
-/// Writes a snapshot, counting the outcome. Returns whether it worked.
-fn save(engine: &Engine, metrics: &Metrics, dir: &std::path::Path) -> bool {
+/// Writes the anti-replay windows and a snapshot, counting the outcome.
+/// Returns whether it worked.
+fn save(engine: &Engine, policy: &Policy, metrics: &Metrics, dir: &std::path::Path) -> bool {
     let t = Instant::now();
+    if let Err(e) = policy.replay_windows().save(dir) {
+        metrics.snapshot_failures.increment(1);
+        tracing::error!(error = %e, "saving the anti-replay windows failed");
+        return false;
+    }
     match snapshot::write_engine(engine, dir, now_ms()) {
         Ok((bytes, devices)) => {
             metrics.snapshots.increment(1);

@@ -203,12 +203,18 @@ pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
     })();
     match parsed {
         Ok(s) => Ok(Some(s)),
-        Err(reason) => {
-            let aside = dir.join(format!("{FILE}.corrupt-{}", crate::now_ms() / 1000));
-            std::fs::rename(&path, &aside)
-                .map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
-            Err(SnapshotError::Corrupt { path, reason: reason.into(), aside })
-        }
+        Err(reason) => Err(move_aside(dir, FILE, reason)),
+    }
+}
+
+/// Moves the damaged file `dir/name` aside (`<name>.corrupt-<unix time>`)
+/// and says so; if it cannot be moved, the I/O error.
+pub(crate) fn move_aside(dir: &Path, name: &str, reason: &str) -> SnapshotError {
+    let path = dir.join(name);
+    let aside = dir.join(format!("{name}.corrupt-{}", crate::now_ms() / 1000));
+    match std::fs::rename(&path, &aside) {
+        Ok(()) => SnapshotError::Corrupt { path, reason: reason.into(), aside },
+        Err(source) => SnapshotError::Io { path, source },
     }
 }
 
@@ -232,10 +238,7 @@ mod tests {
                 satellites: 7,
             };
             let f = Frame::new(1 + i % 5, i / 5 * 2, 0, Body::Position(p));
-            e.ingest(
-                1_000 + u64::from(i) * 1000,
-                &[Accepted { frame: f, bytes: 40, require_fresh: false }],
-            );
+            e.ingest(1_000 + u64::from(i) * 1000, &[Accepted { frame: f, bytes: 40 }]);
         }
         e
     }

@@ -233,6 +233,88 @@ fn optional_auth_lets_keyless_devices_in_and_keeps_keyed_ones_signed() {
     assert_eq!(s.json("/api/devices/42")["sequence"]["highest"], 2);
 }
 
+/// Replay protection must not depend on the engine's accounting state: a
+/// keyed device evicted by a flood of other ids, a Hello that arrives late,
+/// a restart of the server, or the loss of the replay file must not let a
+/// captured frame in again.
+#[test]
+fn replay_protection_survives_eviction_late_hellos_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("42 {KEY42}\n")).unwrap();
+    let data = dir.path().join("data");
+    let args =
+        ["--udp-auth", "optional", "--keys-file", keys.to_str().unwrap(), "--max-devices", "16"];
+    let key = hex::decode(KEY42).unwrap();
+    let hello = |seq| {
+        Frame::new(
+            42,
+            seq,
+            0,
+            Body::Hello(fleetwire_proto::Hello { firmware: "2", model: "m", capabilities: 0 }),
+        )
+    };
+    let sock = udp_sender();
+    let s = Server::start_in(&data, &args);
+    let send = |s: &Server, d: Vec<u8>| {
+        let n = s.received("udp");
+        sock.send_to(&d, s.udp).unwrap();
+        s.wait_received("udp", n + 1);
+    };
+    let replays =
+        |s: &Server| s.metric("fleetwire_datagrams_rejected_total", &[("reason", "replay")]) as u64;
+    let captured: Vec<Vec<u8>> = (1..=5).map(|q| signed(&position(42, q), &key)).collect();
+    for d in &captured {
+        send(&s, d.clone());
+    }
+    // A Hello that was overtaken by frames 6 and 8 arrives late: accepted
+    // once, and it neither restarts the accounting nor reopens 6 and 8.
+    send(&s, signed(&position(42, 6), &key));
+    send(&s, signed(&position(42, 8), &key));
+    send(&s, signed(&hello(7), &key));
+    let d = s.json("/api/devices/42");
+    assert_eq!(
+        (d["sequence"]["restarts"].as_u64(), d["sequence"]["lost"].as_u64()),
+        (Some(0), Some(0))
+    );
+    send(&s, signed(&position(42, 8), &key));
+    send(&s, signed(&hello(7), &key));
+    assert_eq!(replays(&s), 2);
+
+    // Keyless devices (optional auth) push device 42 out of the engine.
+    for id in 1000..1400u32 {
+        send(&s, bytes(&position(id, 0)));
+    }
+    assert_eq!(s.status("/api/devices/42"), 404, "device 42 was not evicted");
+    send(&s, captured[2].clone());
+    assert_eq!(replays(&s), 3, "a captured frame was accepted after eviction");
+    send(&s, signed(&position(42, 9), &key));
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 8.0 + 400.0 + 1.0);
+
+    // Across a restart (the windows are saved with the snapshot).
+    let (st, _) = s.terminate();
+    assert!(st.success());
+    assert!(data.join("replay.state").exists());
+    let s = Server::start_in(&data, &args);
+    send(&s, signed(&position(42, 9), &key));
+    send(&s, captured[4].clone());
+    assert_eq!(replays(&s), 2);
+    send(&s, signed(&position(42, 10), &key));
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 1.0);
+
+    // Without the replay file, the engine's snapshot still bounds what
+    // device 42 sent (it is tracked again since frame 9).
+    let (st, _) = s.terminate();
+    assert!(st.success());
+    std::fs::remove_file(data.join("replay.state")).unwrap();
+    let s = Server::start_in(&data, &args);
+    send(&s, signed(&position(42, 10), &key));
+    send(&s, captured[0].clone());
+    assert_eq!(replays(&s), 2);
+    send(&s, signed(&position(42, 11), &key));
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 1.0);
+}
+
 #[test]
 fn a_source_at_ten_times_its_quota_gets_its_quota() {
     let s = Server::start(&["--rate-limit-source", "100", "--rate-limit-burst", "50"]);

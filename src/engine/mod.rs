@@ -204,17 +204,11 @@ pub struct Accepted<'a> {
     pub frame: Frame<'a>,
     /// Size of the datagram (or stream record) it came in.
     pub bytes: usize,
-    /// The frame's authentication tag verified: refuse it as a replay unless
-    /// its sequence number is fresh (the window moves only for such frames
-    /// once they are applied).
-    pub require_fresh: bool,
 }
 
 /// What [`Engine::ingest`] did with a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestOutcome {
-    /// Frames refused as replays.
-    pub replays: u64,
     /// Bit `i` set: frame `i` of the batch brought new records (only the
     /// first 64 frames are reported; the pipeline passes at most 64).
     pub applied: u64,
@@ -268,9 +262,8 @@ impl Engine {
     }
 
     /// Applies a batch of accepted frames that arrived at `now_ms`, taking
-    /// each involved shard's lock once. Says which frames were refused as
-    /// replays (see [`Accepted::require_fresh`]) and which brought new
-    /// records (not replays, not duplicates).
+    /// each involved shard's lock once. Says which frames brought new
+    /// records (not duplicates).
     pub fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> IngestOutcome {
         const CHUNK: usize = 64;
         let mut out = IngestOutcome::default();
@@ -290,9 +283,7 @@ impl Engine {
                 for j in i..chunk.len() {
                     if !done[j] && shard_of[j] == s {
                         let a = &chunk[j];
-                        if a.require_fresh && !shard.is_fresh(a.frame.device_id, a.frame.sequence) {
-                            out.replays += 1;
-                        } else if shard.apply(now_ms, &a.frame, a.bytes, &self.cfg, &self.slots) {
+                        if shard.apply(now_ms, &a.frame, a.bytes, &self.cfg, &self.slots) {
                             let k = base + j;
                             if k < 64 {
                                 out.applied |= 1 << k;
@@ -304,11 +295,6 @@ impl Engine {
             }
         }
         out
-    }
-
-    /// Whether `seq` is new for `device` (not a replay), without changing state.
-    pub fn is_fresh(&self, device: u32, seq: u32) -> bool {
-        self.shards[self.shard_of(device)].lock().is_fresh(device, seq)
     }
 
     /// Periodic upkeep (call about once a second).

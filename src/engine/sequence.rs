@@ -86,24 +86,11 @@ impl SeqTracker {
         self.started.then_some(self.highest)
     }
 
-    /// Whether `seq` would be accepted as new (not a duplicate nor late),
-    /// without changing anything. Used for replay protection: the window is
-    /// only moved by [`observe`](Self::observe) once the frame is trusted.
-    pub fn is_fresh(&self, seq: u32) -> bool {
-        if !self.started {
-            return true;
-        }
-        let d = seq.wrapping_sub(self.highest) as i32;
-        if d > 0 {
-            true
-        } else if d == 0 {
-            false
-        } else {
-            // Positions from before the first frame count as seen: a
-            // signed frame from there may be a capture, so it is refused.
-            let back = d.unsigned_abs();
-            back <= WINDOW && (self.bits | self.unknown) & (1u64 << (back - 1)) == 0
-        }
+    /// Whether the position `d` (< 0) behind the highest is a skipped
+    /// number still inside the window.
+    fn is_gap(&self, d: i32) -> bool {
+        let back = d.unsigned_abs();
+        d < 0 && back <= WINDOW && (self.bits | self.unknown) & (1u64 << (back - 1)) == 0
     }
 
     fn restart(&mut self, seq: u32) -> SeqOutcome {
@@ -123,13 +110,17 @@ impl SeqTracker {
 
     /// Accounts for a frame with sequence number `seq`. `hello` marks a
     /// boot announcement, which starts a new epoch unless it is a copy of
-    /// the newest frame.
+    /// the newest frame or a late arrival that fills a gap in the window
+    /// (a Hello that was overtaken by the frames after it).
+    ///
+    /// This is accounting only: replay protection of signed frames has its
+    /// own window (`crate::replay`), which never moves backwards.
     pub fn observe(&mut self, seq: u32, hello: bool) -> SeqOutcome {
         if !self.started {
             return self.restart(seq);
         }
         let d = seq.wrapping_sub(self.highest) as i32;
-        if hello && d != 0 {
+        if hello && d != 0 && !self.is_gap(d) {
             return self.restart(seq);
         }
         if d > 0 {
@@ -277,8 +268,6 @@ mod tests {
         assert_eq!(t.observe(8, false), SeqOutcome::Late);
         assert_eq!(t.observe(9, false), SeqOutcome::Duplicate);
         assert_eq!((t.received, t.late, t.duplicates, t.lost(), t.pending()), (3, 2, 1, 0, 0));
-        // For replay protection they count as seen.
-        assert!(!t.is_fresh(7));
         // Real gaps after the first frame still work.
         t.observe(13, false);
         assert_eq!((t.lost(), t.pending()), (2, 2));
@@ -287,13 +276,17 @@ mod tests {
     }
 
     #[test]
-    fn is_fresh_matches_observe() {
-        let mut t = feed(&[10, 12]);
-        for (s, fresh) in [(12, false), (11, true), (10, false), (13, true), (0, false)] {
-            assert_eq!(t.is_fresh(s), fresh, "{s}");
-        }
-        t.observe(11, false);
-        assert!(!t.is_fresh(11));
+    fn a_hello_overtaken_by_later_frames_fills_its_gap() {
+        // The Hello (seq 0) arrives after frames 1 and 2: it is reordered,
+        // not a reboot, and the frames after it are not counted again.
+        let mut t = feed(&[5]);
+        assert_eq!(t.observe(0, true), SeqOutcome::Restart);
+        t.observe(2, false);
+        assert_eq!(t.observe(1, true), SeqOutcome::Reordered);
+        assert_eq!(t.observe(3, false), SeqOutcome::Ahead { gap: 0 });
+        assert_eq!((t.received, t.lost(), t.duplicates, t.restarts), (5, 0, 0, 1));
+        // A Hello reusing a number already received is a reboot.
+        assert_eq!(t.observe(1, true), SeqOutcome::Restart);
     }
 
     proptest! {

@@ -182,11 +182,6 @@ impl Shard {
         self.push_front(i);
     }
 
-    /// The sequence window state of a device, for replay checks.
-    pub fn is_fresh(&self, id: u32, seq: u32) -> bool {
-        self.get(id).is_none_or(|d| d.seq.is_fresh(seq))
-    }
-
     /// Applies one accepted frame that arrived at `now_ms` in a datagram of
     /// `bytes` bytes. Cannot fail: every frame leaves the state consistent.
     /// Returns whether its records were taken (false for a duplicate).

@@ -27,7 +27,7 @@ fn engine(cfg: EngineConfig) -> Engine {
 }
 
 fn send(e: &Engine, now: u64, f: Frame<'_>) {
-    e.ingest(now, &[Accepted { frame: f, bytes: 40, require_fresh: false }]);
+    e.ingest(now, &[Accepted { frame: f, bytes: 40 }]);
 }
 
 #[test]

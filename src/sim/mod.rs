@@ -405,10 +405,7 @@ mod tests {
             for o in &out {
                 match fleetwire_proto::decode(&o.bytes) {
                     Ok(f) => {
-                        e.ingest(
-                            t0 + 200_000,
-                            &[Accepted { frame: f, bytes: o.bytes.len(), require_fresh: false }],
-                        );
+                        e.ingest(t0 + 200_000, &[Accepted { frame: f, bytes: o.bytes.len() }]);
                     }
                     Err(_) => rejected += 1,
                 }
