@@ -133,6 +133,15 @@ impl NatsConfig {
         if self.replicas == 0 || self.replicas > 5 {
             return Err(("forward.nats.replicas", "must be 1 to 5"));
         }
+        if self.url.split(',').any(|u| u.trim().parse::<async_nats::ServerAddr>().is_err()) {
+            return Err((
+                "forward.nats.url",
+                "must be one or more comma-separated NATS URLs like nats://127.0.0.1:4222",
+            ));
+        }
+        if !self.creds_file.as_os_str().is_empty() && !self.creds_file.is_file() {
+            return Err(("forward.nats.creds_file", "is not a readable file"));
+        }
         Ok(())
     }
 }

@@ -408,6 +408,30 @@ fn bad_configuration_exits_2_naming_the_key() {
     let out = fleetwire(&["serve", "--udp-auth", "required"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("keys_file"));
+
+    // Files named by the configuration that cannot be used.
+    let local = ["--udp-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"];
+    let missing = dir.path().join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let certs = dir.path().join("certs");
+    assert!(fleetwire(&["certs", "init", "--dir", certs.to_str().unwrap()]).status.success());
+    for (flag, key) in [("FLEETWIRE_QUIC_CERT", "quic_cert"), ("FLEETWIRE_QUIC_KEY", "quic_key")] {
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--http-listen", "127.0.0.1:0"])
+            .args(local)
+            .env("FLEETWIRE_QUIC_CERT", certs.join("server.pem"))
+            .env("FLEETWIRE_QUIC_KEY", certs.join("server.key"))
+            .env(flag, missing)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(key) && err.contains("missing.pem"), "{err}");
+    }
+    std::fs::write(&f, "[forward.nats]\nurl = \"http://127.0.0.1:4222\"\n").unwrap();
+    let out = fleetwire(&["serve", "--config", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forward.nats.url"));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::certs;
-use crate::config::{ClientAuth, Config};
+use crate::config::{ClientAuth, Config, ConfigError};
 use crate::ingest::{Datagram, Pipeline, Transport};
 use crate::now_ms;
 use crate::server::BindError;
@@ -25,6 +25,12 @@ pub const CLIENT_DATAGRAM_SEND_BUFFER: usize = 1 << 20;
 
 /// Most DATAGRAM frames handed to the pipeline in one call.
 const DATAGRAM_BATCH: usize = 64;
+/// Unidirectional (backlog) streams a client may have open at once.
+pub const MAX_STREAMS: u32 = 4;
+/// Flow-control window of one stream, bytes.
+pub const STREAM_WINDOW: u32 = 32 * 1024;
+/// Flow-control window of a connection (all its streams), bytes.
+pub const CONNECTION_WINDOW: u32 = 64 * 1024;
 
 /// A running QUIC endpoint.
 pub struct QuicHandle {
@@ -48,11 +54,22 @@ impl QuicHandle {
 /// The rustls server configuration `cfg` asks for.
 pub fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, BindError> {
     let tls = |e: &dyn std::fmt::Display| BindError::Tls(e.to_string());
+    // Unusable TLS files are configuration errors naming their key.
+    let invalid = |key: &'static str, e: &dyn std::fmt::Display| {
+        BindError::Config(ConfigError::Invalid { key, reason: e.to_string() })
+    };
     let (chain, key) = if cfg.quic_cert.as_os_str().is_empty() {
         let (cert, key) = certs::dev_certificate(&cfg.data_dir).map_err(|e| tls(&e))?;
         (vec![cert], key)
     } else {
-        certs::load_chain_and_key(&cfg.quic_cert, &cfg.quic_key).map_err(|e| tls(&e))?
+        certs::load_chain_and_key(&cfg.quic_cert, &cfg.quic_key).map_err(|e| match &e {
+            certs::CertError::Pem { path, .. } | certs::CertError::Io { path, .. }
+                if *path == cfg.quic_key =>
+            {
+                invalid("quic_key", &e)
+            }
+            _ => invalid("quic_cert", &e),
+        })?
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -61,7 +78,8 @@ pub fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, BindError> {
     let builder = match cfg.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         mode => {
-            let roots = certs::load_roots(&cfg.quic_client_ca).map_err(|e| tls(&e))?;
+            let roots = certs::load_roots(&cfg.quic_client_ca)
+                .map_err(|e| invalid("quic_client_ca", &e))?;
             let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
@@ -95,7 +113,14 @@ pub fn start(
         ))
         .datagram_receive_buffer_size(Some(cfg.quic_datagram_buffer.max(2048)))
         .max_concurrent_bidi_streams(0u32.into())
-        .max_concurrent_uni_streams(4u32.into());
+        .max_concurrent_uni_streams(MAX_STREAMS.into())
+        // Flow control bounds what a client can make the server buffer
+        // (quinn's defaults allow 1.25 MB per stream and no connection
+        // limit). Backlog streams are drained as they arrive, so these
+        // windows only matter for a reader that falls behind; 32 KiB per
+        // stream still carries ~160 KB/s of backlog at a 200 ms RTT.
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into());
     server.transport_config(Arc::new(transport));
     server.migration(true);
     let endpoint = quinn::Endpoint::new(
