@@ -150,8 +150,7 @@ pub async fn run(
             metrics.forward.clone(),
         ));
         pipeline = pipeline.with_forwarder(fw.clone());
-        forward_task =
-            Some(tokio::spawn(crate::forward::run(fw, fw_stop_rx, Duration::from_secs(3))));
+        forward_task = Some(tokio::spawn(crate::forward::run(fw, fw_stop_rx, FORWARD_DRAIN)));
     }
     let pipeline = Arc::new(pipeline);
     let stop = Arc::new(AtomicBool::new(false));
@@ -270,7 +269,9 @@ pub async fn run(
     // Publish what is still buffered (for a few seconds at most).
     let _ = fw_stop_tx.send(true);
     if let Some(t) = forward_task {
-        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        // The task itself gives up after FORWARD_DRAIN and counts what it
+        // could not publish; this timeout only guards against a bug there.
+        let _ = tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), t).await;
     }
     upkeep.abort();
     if let Some(h) = hup {
@@ -308,6 +309,9 @@ pub async fn run(
     );
     Ok(RunSummary { summary, snapshot })
 }
+
+/// How long a stopping server keeps publishing buffered records to NATS.
+const FORWARD_DRAIN: Duration = Duration::from_secs(2);
 
 /// Writes the anti-replay windows and a snapshot, counting the outcome.
 /// Returns whether it worked.

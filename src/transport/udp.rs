@@ -92,8 +92,13 @@ pub fn bind_all(addr: SocketAddr, recv_buffer: usize, threads: usize) -> io::Res
     Ok(all)
 }
 
+/// How long a stopping receive thread keeps reading what is queued: under
+/// sustained load the socket may never be empty, and shutdown must end.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
 /// Starts the receive thread of one socket. It runs until `stop` is set,
-/// then reads what is still queued in the socket and returns.
+/// then reads what is still queued in the socket (for [`DRAIN_LIMIT`] at
+/// most) and returns.
 pub fn spawn(
     socket: UdpSocket,
     batch: usize,
@@ -109,8 +114,18 @@ pub fn spawn(
 fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &AtomicBool) {
     let mut rx = sys::Batch::new(batch.clamp(1, 1024), SLOT);
     let mut errors_logged = 0u32;
+    let mut drain_until = None;
     loop {
         let stopping = stop.load(Ordering::Relaxed);
+        if stopping {
+            let until = *drain_until.get_or_insert_with(|| std::time::Instant::now() + DRAIN_LIMIT);
+            if std::time::Instant::now() >= until {
+                tracing::debug!(
+                    "UDP drain stopped after {DRAIN_LIMIT:?}: the socket is still busy"
+                );
+                return;
+            }
+        }
         match rx.recv(socket, !stopping) {
             Ok(0) => {
                 if stopping {
