@@ -95,6 +95,9 @@ pub struct Config {
     pub reading_samples: usize,
     /// Most distinct reading names per device.
     pub max_readings_per_device: usize,
+    /// Most bytes all devices together may hold in reading samples and
+    /// names and device info (split evenly over the engine shards).
+    pub max_reading_memory: usize,
     /// How often the device state is written to the data dir; "0s" = only at shutdown.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
@@ -158,6 +161,7 @@ impl Default for Config {
             reading_window: Duration::from_secs(60),
             reading_samples: 128,
             max_readings_per_device: 32,
+            max_reading_memory: 128 << 20,
             snapshot_interval: Duration::from_secs(60),
             snapshot: true,
             quic_cert: PathBuf::new(),
@@ -341,6 +345,7 @@ impl Config {
             reading_window_ms: ms(self.reading_window),
             reading_samples: self.reading_samples,
             max_readings_per_device: self.max_readings_per_device,
+            max_heap_per_shard: self.max_reading_memory / shards,
         }
     }
 }

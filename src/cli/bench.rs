@@ -12,7 +12,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use fleetwire_proto::{Body, FixType, Frame, MAX_FRAME_LEN, Position, encode};
+use fleetwire_proto::{
+    Body, FixType, Frame, MAX_FRAME_LEN, Monitoring, Position, Reading, Seq, encode,
+};
 
 use super::sim::resolve;
 
@@ -37,7 +39,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 600.0)]
         max_seconds: f64,
     },
-    /// Send one Position frame for each of N distinct device ids.
+    /// Send one Position frame (or Monitoring frames with `--readings`)
+    /// for each of N distinct device ids.
     Flood {
         /// Server UDP address.
         #[arg(long)]
@@ -52,6 +55,13 @@ pub enum BenchCommand {
         /// so ids never repeat).
         #[arg(long, default_value_t = 1)]
         seed: u32,
+        /// Send, per device, `--frames` Monitoring frames with this many
+        /// named readings instead of one Position frame.
+        #[arg(long, default_value_t = 0)]
+        readings: usize,
+        /// Monitoring frames per device (with `--readings`).
+        #[arg(long, default_value_t = 1)]
+        frames: u32,
     },
 }
 
@@ -83,8 +93,9 @@ pub fn main(c: BenchCommand) -> ExitCode {
         BenchCommand::Sink { listen, recv_buffer, batch, idle, max_seconds } => {
             sink(listen, recv_buffer, batch, idle, max_seconds)
         }
-        BenchCommand::Flood { target, ids, rate, seed } => match resolve(&target) {
-            Ok(t) => flood(t, ids, rate, seed),
+        BenchCommand::Flood { target, ids, rate, seed, readings, frames } => match resolve(&target)
+        {
+            Ok(t) => flood(t, ids, rate, seed, (readings, frames)),
             Err(e) => {
                 eprintln!("fleetwire bench: {e}");
                 ExitCode::from(2)
@@ -127,7 +138,15 @@ fn sink(
     ExitCode::SUCCESS
 }
 
-fn flood(target: SocketAddr, ids: u64, rate: f64, seed: u32) -> ExitCode {
+fn flood(
+    target: SocketAddr,
+    ids: u64,
+    rate: f64,
+    seed: u32,
+    (readings, frames): (usize, u32),
+) -> ExitCode {
+    let names: Vec<String> = (0..readings.min(32)).map(|i| format!("reading_{i:02}")).collect();
+    let frames = if names.is_empty() { 1 } else { frames.max(1) };
     const BATCH: usize = 64;
     let start = Instant::now();
     let sender = match crate::transport::udp::BatchSender::connect(target) {
@@ -142,10 +161,24 @@ fn flood(target: SocketAddr, ids: u64, rate: f64, seed: u32) -> ExitCode {
     let mut sent = 0u64;
     let now = crate::now_ms();
     let mut i = 0u64;
-    while i < ids {
+    let total = ids * u64::from(frames);
+    while i < total {
         batch.clear();
-        while batch.len() < BATCH && i < ids {
-            let id = id_for(i, seed);
+        while batch.len() < BATCH && i < total {
+            let (id, seq) = (id_for(i % ids.max(1), seed), (i / ids.max(1)) as u32);
+            if !names.is_empty() {
+                let r: Vec<Reading<'_>> = names
+                    .iter()
+                    .map(|n| Reading { name: n, value: f64::from(seq) + f64::from(id % 100) })
+                    .collect();
+                let m = Monitoring { readings: Seq::from_slice(&r), ..Monitoring::EMPTY };
+                let t = now + u64::from(seq) * 1000;
+                if let Ok(n) = encode(&Frame::new(id, seq, t, Body::Monitoring(m)), &mut buf) {
+                    batch.push(buf[..n].to_vec());
+                }
+                i += 1;
+                continue;
+            }
             let p = Position {
                 lat_e7: 480_000_000 + (id % 1_000_000) as i32,
                 lon_e7: 110_000_000 + (id / 4096 % 1_000_000) as i32,

@@ -109,6 +109,8 @@ config_flags! {
     reading_samples: usize,
     /// Distinct reading names per device.
     max_readings_per_device: usize,
+    /// Bytes of reading samples and device info over all devices.
+    max_reading_memory: usize,
     /// Snapshot interval (e.g. 1m; 0s = only at shutdown).
     snapshot_interval: String,
     /// Save and restore device state (true/false).

@@ -344,12 +344,14 @@ impl Device {
         self.fix = Some(new);
     }
 
-    /// Applies a Monitoring record taken at `t_ms`.
+    /// Applies a Monitoring record taken at `t_ms`. With `grow` false (the
+    /// shard's reading memory is at its budget), new reading names are
+    /// dropped (counted) and series keep their allocation.
     pub(super) fn on_monitoring(
         &mut self,
         m: &Monitoring<'_>,
         t_ms: u64,
-        _now_ms: u64,
+        grow: bool,
         cfg: &EngineConfig,
         totals: &mut ShardTotals,
     ) {
@@ -371,7 +373,7 @@ impl Device {
         for r in m.readings.iter() {
             let idx = match series.iter().position(|s| &*s.name == r.name) {
                 Some(i) => i,
-                None if series.len() < cfg.max_readings_per_device => {
+                None if series.len() < cfg.max_readings_per_device && grow => {
                     series.push(ReadingSeries::new(r.name));
                     series.len() - 1
                 }
@@ -381,7 +383,7 @@ impl Device {
                     continue;
                 }
             };
-            series[idx].push(t_ms, r.value, cfg.reading_window_ms, cfg.reading_samples);
+            series[idx].push(t_ms, r.value, cfg.reading_window_ms, cfg.reading_samples, grow);
         }
     }
 

@@ -59,6 +59,10 @@ pub struct EngineConfig {
     pub reading_samples: usize,
     /// Most distinct reading names per device.
     pub max_readings_per_device: usize,
+    /// Most heap bytes the devices of one shard may own (reading samples
+    /// and names, device info). At the budget, new reading names are
+    /// dropped (counted) and existing readings keep their allocation.
+    pub max_heap_per_shard: usize,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +83,7 @@ impl Default for EngineConfig {
             reading_window_ms: 60_000,
             reading_samples: 128,
             max_readings_per_device: 32,
+            max_heap_per_shard: (128 << 20) / 16,
         }
     }
 }

@@ -51,14 +51,17 @@ impl ReadingSeries {
     }
 
     /// Adds a sample, dropping the oldest beyond `cap` and those older than
-    /// the window before the newest sample.
-    pub fn push(&mut self, t_ms: u64, value: f64, window_ms: u64, cap: usize) {
+    /// the window before the newest sample. With `grow` false the series
+    /// keeps its allocation: when it is full, the oldest sample makes room.
+    pub fn push(&mut self, t_ms: u64, value: f64, window_ms: u64, cap: usize, grow: bool) {
         self.newest_ms = self.newest_ms.max(t_ms);
         let horizon = self.newest_ms.saturating_sub(window_ms);
         while self.samples.front().is_some_and(|(t, _)| *t < horizon) {
             self.samples.pop_front();
         }
-        if self.samples.len() >= cap.max(1) {
+        if self.samples.len() >= cap.max(1)
+            || !grow && self.samples.len() == self.samples.capacity() && !self.samples.is_empty()
+        {
             self.samples.pop_front();
         }
         self.samples.push_back((t_ms, value));
@@ -129,7 +132,7 @@ mod tests {
         let mut r = ReadingSeries::new("t");
         let mut s = Vec::new();
         for i in 1..=100u64 {
-            r.push(i * 1000, i as f64, 1_000_000, 1000);
+            r.push(i * 1000, i as f64, 1_000_000, 1000, true);
         }
         let st = r.stats(1_000_000, &mut s).unwrap();
         assert_eq!((st.count, st.min, st.max, st.mean), (100, 1.0, 100.0, 50.5));
@@ -144,11 +147,11 @@ mod tests {
     fn cap_and_expiry_bound_memory() {
         let mut r = ReadingSeries::new("t");
         for i in 0..10_000u64 {
-            r.push(i, 1.0, 1_000_000, 64);
+            r.push(i, 1.0, 1_000_000, 64, true);
         }
         assert_eq!(r.len(), 64);
         // Old samples leave as newer ones arrive.
-        r.push(10_000_000, 2.0, 60_000, 64);
+        r.push(10_000_000, 2.0, 60_000, 64, true);
         assert_eq!(r.len(), 1);
         let st = r.stats(60_000, &mut Vec::new()).unwrap();
         assert_eq!((st.count, st.last, st.mean), (1, 2.0, 2.0));
@@ -160,7 +163,7 @@ mod tests {
         // Samples stamped a day in the past (a backlog, or a skewed clock).
         let day_ago = 1_764_000_000_000u64 - 86_400_000;
         for i in 0..10u64 {
-            r.push(day_ago + i * 1000, i as f64, 60_000, 128);
+            r.push(day_ago + i * 1000, i as f64, 60_000, 128, true);
         }
         let st = r.stats(60_000, &mut Vec::new()).unwrap();
         assert_eq!((st.count, st.min, st.max), (10, 0.0, 9.0));

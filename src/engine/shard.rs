@@ -56,6 +56,9 @@ pub struct Shard {
     tail: u32,
     /// Fleet counters of this shard.
     pub totals: ShardTotals,
+    /// Heap bytes owned by its devices (readings, device info), kept under
+    /// [`EngineConfig::max_heap_per_shard`].
+    heap_bytes: usize,
 }
 
 impl Shard {
@@ -82,6 +85,11 @@ impl Shard {
     /// One device.
     pub fn get(&self, id: u32) -> Option<&Device> {
         self.index.get(&id).and_then(|&i| self.devices.get(i as usize))
+    }
+
+    /// Heap bytes owned by the devices (readings, device info).
+    pub fn heap_bytes(&self) -> usize {
+        self.heap_bytes
     }
 
     /// Bytes used by the shard's tables (not counting per-device heap).
@@ -139,6 +147,7 @@ impl Shard {
             self.index.insert(moved_id, i);
         }
         let gone = self.devices.swap_remove(i as usize);
+        self.heap_bytes = self.heap_bytes.saturating_sub(gone.heap_bytes());
         // Its awaited frames will never be accounted now: confirmed lost.
         self.totals.pending = self.totals.pending.saturating_sub(gone.seq.pending());
         self.links.pop();
@@ -174,6 +183,7 @@ impl Shard {
             return;
         }
         d.exported = false;
+        self.heap_bytes += d.heap_bytes();
         let i = self.devices.len() as u32;
         self.index.insert(d.id, i);
         self.devices.push(d);
@@ -194,6 +204,30 @@ impl Shard {
         slots: &ExportSlots,
     ) -> bool {
         let i = self.slot_for(frame.device_id, now_ms, cfg.max_devices_per_shard, slots);
+        // Frames that can allocate (readings, device info) are measured, so
+        // the shard's device heap stays within its budget.
+        let measure = matches!(frame.body, Body::Monitoring(_) | Body::Batch(_) | Body::Hello(_));
+        let grow = self.heap_bytes < cfg.max_heap_per_shard;
+        let heap_before = if measure { self.devices[i as usize].heap_bytes() } else { 0 };
+        let applied = self.apply_to(i, now_ms, frame, bytes, cfg, slots, grow);
+        if measure {
+            let after = self.devices[i as usize].heap_bytes();
+            self.heap_bytes = (self.heap_bytes + after).saturating_sub(heap_before);
+        }
+        applied
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_to(
+        &mut self,
+        i: u32,
+        now_ms: u64,
+        frame: &Frame<'_>,
+        bytes: usize,
+        cfg: &EngineConfig,
+        slots: &ExportSlots,
+        grow: bool,
+    ) -> bool {
         let totals = &mut self.totals;
         let d = &mut self.devices[i as usize];
         if !d.exported && slots.take() {
@@ -220,7 +254,7 @@ impl Shard {
         let base = if frame.timestamp_ms == 0 { now_ms } else { frame.timestamp_ms };
         match &frame.body {
             Body::Position(p) => d.on_position(p, base, now_ms, cfg, totals),
-            Body::Monitoring(m) => d.on_monitoring(m, base, now_ms, cfg, totals),
+            Body::Monitoring(m) => d.on_monitoring(m, base, grow, cfg, totals),
             Body::Event(e) => d.on_event(e, base, totals),
             Body::Hello(h) => d.on_hello(h, totals),
             Body::Batch(b) => {
@@ -229,7 +263,7 @@ impl Shard {
                     let t = base.saturating_sub(u64::from(s.offset_ms));
                     match &s.record {
                         Record::Position(p) => d.on_position(p, t, now_ms, cfg, totals),
-                        Record::Monitoring(m) => d.on_monitoring(m, t, now_ms, cfg, totals),
+                        Record::Monitoring(m) => d.on_monitoring(m, t, grow, cfg, totals),
                         Record::Event(e) => d.on_event(e, t, totals),
                     }
                 }

@@ -163,6 +163,71 @@ fn reading_names_per_device_are_capped() {
 }
 
 #[test]
+fn reading_memory_stays_within_its_budget() {
+    // 64 KiB per shard; every device sends 8 readings, 200 samples each.
+    let budget = 64 << 10;
+    let e = engine(EngineConfig { max_heap_per_shard: budget, ..EngineConfig::default() });
+    let names: Vec<String> = (0..8).map(|i| format!("reading-{i}")).collect();
+    let heap = |e: &Engine| {
+        let mut v = Vec::new();
+        e.for_each_shard(|s| {
+            let real: usize = s.devices().iter().map(Device::heap_bytes).sum();
+            assert_eq!(s.heap_bytes(), real, "the shard's account matches its devices");
+            v.push(real);
+        });
+        v
+    };
+    for k in 0..200u32 {
+        for dev in 1..=100u32 {
+            let r: Vec<Reading<'_>> =
+                names.iter().map(|n| Reading { name: n, value: f64::from(k) }).collect();
+            let m = Monitoring { readings: Seq::from_slice(&r), ..Monitoring::EMPTY };
+            send(&e, T0 + u64::from(k) * 100, Frame::new(dev, k, 0, Body::Monitoring(m)));
+        }
+    }
+    // One frame may take a shard past the budget, never more.
+    let frame_max = 8 * (128 * 16 + 64) + 8 * std::mem::size_of::<readings::ReadingSeries>();
+    for h in heap(&e) {
+        assert!(h <= budget + frame_max, "{h} bytes");
+    }
+    // Without the budget every series would hold 128 samples.
+    let stored: usize = (1..=100u32)
+        .map(|d| {
+            e.with_device(d, |d| {
+                d.readings.as_ref().unwrap().iter().map(|r| r.len()).sum::<usize>()
+            })
+            .unwrap()
+        })
+        .sum();
+    assert!(stored < 100 * 8 * 128 / 4, "{stored} samples: the budget was never reached");
+    // A new name at the budget is dropped and counted.
+    let r = [Reading { name: "late", value: 1.0 }];
+    let m = Monitoring { readings: Seq::from_slice(&r), ..Monitoring::EMPTY };
+    send(&e, T0 + 30_000, Frame::new(1, 200, 0, Body::Monitoring(m)));
+    assert_eq!(e.summary().totals.readings_dropped, 1);
+    heap(&e);
+    // Series that exist keep working at the budget: the newest value is there.
+    let last = e.with_device(1, |d| {
+        let r = &d.readings.as_ref().unwrap()[0];
+        r.stats(60_000, &mut Vec::new()).unwrap().last
+    });
+    assert_eq!(last, Some(199.0));
+    // Evicting devices gives their memory back.
+    let e2 = engine(EngineConfig {
+        max_heap_per_shard: budget,
+        max_devices_per_shard: 2,
+        ..EngineConfig::default()
+    });
+    for dev in 1..=1000u32 {
+        let r = [Reading { name: "x", value: 1.0 }];
+        let m = Monitoring { readings: Seq::from_slice(&r), ..Monitoring::EMPTY };
+        send(&e2, T0, Frame::new(dev, 0, 0, Body::Monitoring(m)));
+    }
+    assert_eq!(e2.summary().totals.readings_dropped, 0);
+    heap(&e2);
+}
+
+#[test]
 fn batches_use_sample_times() {
     let e = engine(EngineConfig::default());
     let samples = [

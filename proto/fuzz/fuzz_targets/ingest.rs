@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         max_exported_devices: EXPORTED,
         reading_samples: 4,
         max_readings_per_device: 3,
+        max_heap_per_shard: 2048,
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::new(cfg, SHARDS));
