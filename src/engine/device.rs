@@ -127,7 +127,8 @@ pub struct Counts {
     pub hellos: u32,
     /// Positions kept out of the track by the plausibility filter.
     pub filtered: u32,
-    /// Named readings dropped because the device has too many names.
+    /// Named readings dropped: the device has too many names, or the
+    /// reading memory is at its budget.
     pub readings_dropped: u32,
 }
 
@@ -199,14 +200,17 @@ impl Device {
 
     /// Heap bytes owned by this device (readings, info).
     pub fn heap_bytes(&self) -> usize {
+        use super::readings::alloc_bytes;
         let r = self.readings.as_ref().map_or(0, |r| {
-            r.capacity() * std::mem::size_of::<ReadingSeries>()
+            alloc_bytes(std::mem::size_of::<Vec<ReadingSeries>>())
+                + alloc_bytes(r.capacity() * std::mem::size_of::<ReadingSeries>())
                 + r.iter().map(ReadingSeries::heap_bytes).sum::<usize>()
         });
-        let i = self
-            .info
-            .as_ref()
-            .map_or(0, |i| std::mem::size_of::<Info>() + i.firmware.len() + i.model.len());
+        let i = self.info.as_ref().map_or(0, |i| {
+            alloc_bytes(std::mem::size_of::<Info>())
+                + alloc_bytes(i.firmware.len())
+                + alloc_bytes(i.model.len())
+        });
         r + i
     }
 
@@ -367,6 +371,13 @@ impl Device {
             h.uptime_s = m.uptime_s.or(h.uptime_s);
         }
         if m.readings.is_empty() {
+            return;
+        }
+        if self.readings.is_none() && !grow {
+            // At the budget, a device without readings gets none.
+            let n = m.readings.len() as u32;
+            self.counts.readings_dropped = self.counts.readings_dropped.saturating_add(n);
+            totals.readings_dropped += u64::from(n);
             return;
         }
         let series = self.readings.get_or_insert_with(Default::default);

@@ -9,6 +9,14 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+/// What an allocation of `n` bytes costs in memory: glibc's malloc rounds
+/// a request up to a multiple of 16 bytes with an 8-byte header (32 bytes
+/// at least). Counting this keeps the reading budget close to resident
+/// memory, where small allocations (names, short series) dominate.
+pub fn alloc_bytes(n: usize) -> usize {
+    if n == 0 { 0 } else { (n + 8).div_ceil(16).max(2) * 16 }
+}
+
 /// Samples of one named reading, newest last, at most `cap` of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadingSeries {
@@ -77,9 +85,11 @@ impl ReadingSeries {
         self.samples.is_empty()
     }
 
-    /// Heap bytes used by the samples.
+    /// Heap bytes used by the samples and the name, as the allocator
+    /// charges them (see [`alloc_bytes`]).
     pub fn heap_bytes(&self) -> usize {
-        self.samples.capacity() * std::mem::size_of::<(u64, f64)>() + self.name.len()
+        alloc_bytes(self.samples.capacity() * std::mem::size_of::<(u64, f64)>())
+            + alloc_bytes(self.name.len())
     }
 
     /// Statistics over the samples taken in `[newest - window, newest]`;

@@ -213,7 +213,7 @@ pub fn render_engine(engine: &Engine, now_ms: u64, out: &mut String) {
         out,
         "fleetwire_readings_dropped_total",
         "counter",
-        "Named readings dropped because the device exceeded max_readings_per_device names.",
+        "Named readings dropped: the device exceeded max_readings_per_device names, or the readings of all devices reached max_reading_memory.",
     );
     let _ = writeln!(out, "fleetwire_readings_dropped_total {}", t.readings_dropped);
     head(out, "fleetwire_build_info", "gauge", "Build information.");
