@@ -348,30 +348,38 @@ def main():
     finally:
         srv.stop()
 
-    log(f"== 5b. memory: {ids_10m} distinct ids with the default max_devices")
-    srv = Serve(snapshot=True)
-    try:
-        rss0 = srv.rss()
-        peak = [rss0]
-        stop = threading.Event()
+    def flood_peak(extra, rate):
+        """Peak resident memory of a fresh server (snapshots every 5 s) flooded with ids_10m distinct ids."""
+        srv = Serve(snapshot=True)
+        try:
+            rss0 = srv.rss()
+            peak = [rss0]
+            stop = threading.Event()
 
-        def watch():
-            while not stop.is_set():
-                peak[0] = max(peak[0], srv.rss())
-                time.sleep(0.2)
-        w = threading.Thread(target=watch, daemon=True)
-        w.start()
-        r = run_json(["bench", "flood", "--target", f"127.0.0.1:{srv.udp}", "--ids", str(ids_10m), "--rate", "250000",
-                      "--seed", "7"])
-        srv.wait_idle()
-        stop.set()
-        w.join()
-        s = srv.summary()
-        results["memory_10m"] = {"ids_sent": r["sent"], "devices": s["devices"], "evicted": s["evicted"],
-                                 "rss_before": rss0, "rss_peak": peak[0], "rss_after": srv.rss()}
-        log(f"   {s['devices']} tracked, {s['evicted']} evicted, peak RSS {peak[0] / 2**20:.0f} MiB")
-    finally:
-        srv.stop()
+            def watch():
+                while not stop.is_set():
+                    peak[0] = max(peak[0], srv.rss())
+                    time.sleep(0.2)
+            w = threading.Thread(target=watch, daemon=True)
+            w.start()
+            r = run_json(["bench", "flood", "--target", f"127.0.0.1:{srv.udp}", "--ids", str(ids_10m), "--rate", str(rate),
+                          "--seed", "7", *extra])
+            srv.wait_idle()
+            stop.set()
+            w.join()
+            s = srv.summary()
+            res = {"ids_sent": r["sent"], "devices": s["devices"], "evicted": s["evicted"],
+                   "readings_dropped": s.get("readings_dropped", 0),
+                   "rss_before": rss0, "rss_peak": peak[0], "rss_after": srv.rss()}
+            log(f"   {s['devices']} tracked, {s['evicted']} evicted, peak RSS {peak[0] / 2**20:.0f} MiB")
+            return res
+        finally:
+            srv.stop()
+
+    log(f"== 5b. memory: {ids_10m} distinct ids with the default max_devices")
+    results["memory_10m"] = flood_peak([], 250_000)
+    log(f"== 5c. memory: {ids_10m} distinct ids, each a Monitoring frame with 32 named readings")
+    results["memory_10m_readings"] = flood_peak(["--readings", "32"], 120_000)
 
     log("== 6. codec micro-benchmark")
     out = subprocess.run(["cargo", "bench", "-q", "-p", "fleetwire-proto", "--bench", "codec"], cwd=ROOT,
@@ -424,6 +432,9 @@ def render(r):
     m10 = r["memory_10m"]
     L.append(f"| {m10['ids_sent']:,} distinct ids, max_devices 1,000,000: tracked / evicted | {m10['devices']:,} / {m10['evicted']:,} |")
     L.append(f"| ... peak resident memory (snapshots every 5 s) | {m10['rss_peak'] / 2**20:,.0f} MiB |")
+    m10r = r.get("memory_10m_readings")
+    if m10r:
+        L.append(f"| {m10r['ids_sent']:,} distinct ids, each a Monitoring frame with 32 named readings: peak resident memory (default max_reading_memory 128 MiB) | {m10r['rss_peak'] / 2**20:,.0f} MiB ({m10r['readings_dropped']:,} readings dropped at the budget) |")
     L.append("")
     L.append("Paced trials (the same offered rates for both receivers, stepping up):")
     L.append("")
