@@ -1,8 +1,8 @@
 //! Property tests: round trips for every kind, and decode never panics.
 
 use fleetwire_proto::{
-    Batch, Body, Event, FixType, Frame, Hello, MAX_FRAME_LEN, MAX_POSITION_FRAME_LEN, Monitoring,
-    Position, Reading, Record, Sample, Seq, Severity, decode, encode, encode_signed,
+    Batch, Body, EncodeError, Event, FixType, Frame, Hello, MAX_FRAME_LEN, MAX_POSITION_FRAME_LEN,
+    Monitoring, Position, Reading, Record, Sample, Seq, Severity, decode, encode, encode_signed,
 };
 use proptest::prelude::*;
 
@@ -145,8 +145,9 @@ proptest! {
         let f = Frame::new(dev, seq, ts, Body::Batch(Batch { samples: Seq::from_slice(&samples) }));
         let mut buf = [0u8; MAX_FRAME_LEN];
         // Large batches may not fit in one frame; that is an encode error, not a panic.
-        if encode(&f, &mut buf).is_ok() {
-            roundtrip(&f);
+        match encode(&f, &mut buf) {
+            Ok(_) => roundtrip(&f),
+            Err(e) => prop_assert_eq!(e, EncodeError::TooLong),
         }
     }
 
