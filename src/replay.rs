@@ -20,7 +20,7 @@ use std::path::Path;
 
 use parking_lot::Mutex;
 
-use crate::snapshot::{SnapshotError, move_aside};
+use crate::snapshot::{SnapshotError, install, move_aside, read_if_exists};
 
 /// How many sequence numbers below the highest one are remembered.
 pub const WINDOW: u32 = 64;
@@ -197,24 +197,14 @@ impl ReplayWindows {
         let tmp = dir.join(format!("{FILE}.tmp"));
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        install(f, &tmp, &path, dir).map_err(io)?;
         Ok(bytes.len())
     }
 
     /// Reads the windows saved in `dir`, if any. A damaged file is moved
     /// aside and reported as [`SnapshotError::Corrupt`].
     pub fn load(dir: &Path) -> Result<Option<Self>, SnapshotError> {
-        let path = dir.join(FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(SnapshotError::Io { path, source }),
-        };
+        let Some(bytes) = read_if_exists(dir, FILE)? else { return Ok(None) };
         match Self::decode(&bytes) {
             Ok(w) => Ok(Some(w)),
             Err(reason) => Err(move_aside(dir, FILE, reason)),

@@ -122,13 +122,30 @@ fn write_with(
     let mut file = w.out.into_inner().map_err(|e| io(e.into_error()))?;
     file.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
     file.write_all(&crc.to_le_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
+    install(file, &tmp, &path, dir).map_err(io)?;
+    Ok(bytes + 12)
+}
+
+/// Makes the written temporary `file` (at `tmp`) durable and moves it over
+/// `path` in `dir`, so that a crash leaves the old file or the new one.
+pub(crate) fn install(file: File, tmp: &Path, path: &Path, dir: &Path) -> std::io::Result<()> {
+    file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::rename(tmp, path)?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(bytes + 12)
+    Ok(())
+}
+
+/// The bytes of `dir/name`, or `None` when there is no such file.
+pub(crate) fn read_if_exists(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SnapshotError::Io { path, source }),
+    }
 }
 
 /// Writes a snapshot atomically into `dir`. Returns the bytes written.
@@ -161,12 +178,7 @@ pub fn write_engine(
 /// Reads the snapshot in `dir`, if there is one. A corrupt file is moved
 /// aside and reported as [`SnapshotError::Corrupt`].
 pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
-    let path = dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(SnapshotError::Io { path, source }),
-    };
+    let Some(bytes) = read_if_exists(dir, FILE)? else { return Ok(None) };
     let parsed = (|| {
         let rest = bytes
             .strip_prefix(MAGIC.as_slice())

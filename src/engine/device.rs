@@ -408,14 +408,15 @@ impl Device {
         }
     }
 
-    /// Applies a Hello.
-    pub(super) fn on_hello(&mut self, h: &Hello<'_>, totals: &mut ShardTotals) {
+    /// Applies a Hello. With `grow` false (the shard's device memory is at
+    /// its budget), new device info is not stored; the Hello still counts.
+    pub(super) fn on_hello(&mut self, h: &Hello<'_>, grow: bool, totals: &mut ShardTotals) {
         self.counts.hellos = self.counts.hellos.saturating_add(1);
         totals.records[3] += 1;
         let same = self.info.as_ref().is_some_and(|i| {
             &*i.firmware == h.firmware && &*i.model == h.model && i.capabilities == h.capabilities
         });
-        if !same {
+        if !same && grow {
             self.info = Some(Box::new(Info {
                 firmware: h.firmware.into(),
                 model: h.model.into(),

@@ -256,7 +256,7 @@ impl Shard {
             Body::Position(p) => d.on_position(p, base, now_ms, cfg, totals),
             Body::Monitoring(m) => d.on_monitoring(m, base, grow, cfg, totals),
             Body::Event(e) => d.on_event(e, base, totals),
-            Body::Hello(h) => d.on_hello(h, totals),
+            Body::Hello(h) => d.on_hello(h, grow, totals),
             Body::Batch(b) => {
                 totals.batches += 1;
                 for s in b.samples.iter() {

@@ -205,6 +205,10 @@ fn reading_memory_stays_within_its_budget() {
     let m = Monitoring { readings: Seq::from_slice(&r), ..Monitoring::EMPTY };
     send(&e, T0 + 30_000, Frame::new(1, 200, 0, Body::Monitoring(m)));
     assert_eq!(e.summary().totals.readings_dropped, 1);
+    // Nor does new device info.
+    let h = Hello { firmware: "1.0.0", model: "m", capabilities: 0 };
+    send(&e, T0 + 30_000, Frame::new(1, 201, 0, Body::Hello(h)));
+    assert_eq!(e.with_device(1, |d| d.info.is_none()), Some(true));
     heap(&e);
     // Series that exist keep working at the budget: the newest value is there.
     let last = e.with_device(1, |d| {
