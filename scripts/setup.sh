@@ -3,7 +3,9 @@
 # anything already present is left alone.
 #   - Debian packages: prometheus (promtool and a real Prometheus for the
 #     dashboard test), nats-server (JetStream test), python3 + pip
-#   - PyPI: aioquic (the independent QUIC peer of the interop test)
+#   - PyPI: aioquic (the independent QUIC peer of the interop test), pytest,
+#     and the Python SDK from sdk/python (reinstalled every run, so its tests
+#     run this tree's code)
 #   - rustup: clippy, rustfmt, and a bare-metal target for the no_std build
 #   - cargo-fuzz (optional: a short fuzz run when it installs)
 set -euo pipefail
@@ -40,6 +42,17 @@ if ! python3 -c 'import aioquic' 2>/dev/null; then
   python3 -m pip install -q aioquic 2>/dev/null \
     || python3 -m pip install -q --break-system-packages aioquic
 fi
+
+if ! python3 -c 'import pytest' 2>/dev/null; then
+  echo "setup: pip install pytest"
+  python3 -m pip install -q pytest 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages pytest
+fi
+
+sdk_python="$(cd "$(dirname "$0")/.." && pwd)/sdk/python"
+echo "setup: pip install ./sdk/python"
+python3 -m pip install -q "$sdk_python" 2>/dev/null \
+  || python3 -m pip install -q --break-system-packages "$sdk_python"
 
 if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

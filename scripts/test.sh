@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of fleetwire: formatting, lints, the no_std build, the
 # Rust unit and integration tests (real promtool, Prometheus, aioquic and
-# nats-server on loopback), the independent Python codec against the golden
-# vectors, and a short fuzz run. Installs what is missing first.
+# nats-server on loopback), the Python SDK (its independent codec against the
+# golden vectors, and against a live server), and a short fuzz run. Installs
+# what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +27,8 @@ fi
 step "cargo test --workspace"
 cargo test --workspace
 
-step "independent Python codec against the golden vectors"
-python3 -m unittest discover -s proto/python
+step "Python SDK (sdk/python): golden vectors, sender, CLI, live server"
+python3 -m pytest -q sdk/python
 
 if command -v cargo-fuzz >/dev/null; then
   step "short fuzz runs (cargo fuzz)"

@@ -1,7 +1,4 @@
-"""Tests of fleetwire_wire.py against proto/vectors and PROTOCOL.md.
-
-Run from the repository root:  python3 -m unittest discover -s proto/python
-"""
+"""The codec (fleetwire.wire) against proto/vectors and PROTOCOL.md."""
 
 import contextlib
 import io
@@ -9,23 +6,23 @@ import json
 import os
 import re
 import struct
-import sys
 import unittest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+import pytest
 
-import fleetwire_wire as fw  # noqa: E402
+from fleetwire import wire as fw
+from conftest import SPEC, VECTORS
 
-PROTO = os.path.dirname(HERE)
-VECTORS = os.path.join(PROTO, "vectors")
-SPEC = os.path.join(PROTO, "PROTOCOL.md")
 KEY = b"fleetwire-test-key-device-0042!!"
 
 
 def load(name):
     with open(os.path.join(VECTORS, name), encoding="utf-8") as fh:
         return json.load(fh)
+
+
+VALID = load("valid.json")
+INVALID = load("invalid.json")
 
 
 def frame_bytes(kind, payload, flags=0, device_id=42, sequence=9,
@@ -48,14 +45,63 @@ def position_payload(speed=b"\xed\x0a", heading=b"\x91\x15"):
             + bytes.fromhex("fa01 02 0b"))
 
 
+# ---------------------------------------------------------------- vectors
+
+
+def test_there_are_vectors():
+    assert len(VALID) >= 12 and len(INVALID) >= 12
+    labels = {v["error"] for v in INVALID}
+    # Every decode label of section 7 has an invalid vector.
+    assert labels == set(fw.LABELS), set(fw.LABELS) ^ labels
+
+
+@pytest.mark.parametrize("v", VALID, ids=[v["name"] for v in VALID])
+def test_valid_vector_decodes_to_its_fields(v):
+    data = bytes.fromhex(v["hex"])
+    assert len(data) == v["length"]
+    frame = fw.decode(data)
+    assert fw._same(frame, v["frame"]) is None, fw._same(frame, v["frame"])
+    if "key_hex" in v:
+        fw.verify(data, bytes.fromhex(v["key_hex"]))
+        assert frame["auth"] is True
+    else:
+        assert frame["auth"] is False
+
+
+@pytest.mark.parametrize("v", VALID, ids=[v["name"] for v in VALID])
+def test_valid_vector_encodes_byte_for_byte(v):
+    key = bytes.fromhex(v["key_hex"]) if "key_hex" in v else None
+    encoded = fw.encode(v["frame"], key)
+    if v.get("canonical", True):
+        assert encoded.hex() == v["hex"]
+    else:
+        # Not what an encoder writes (a non-minimal varint): the canonical
+        # encoding differs, but decodes to the same fields.
+        assert encoded.hex() != v["hex"]
+        assert fw._same(fw.decode(encoded), v["frame"]) is None
+
+
+@pytest.mark.parametrize("v", INVALID, ids=[v["name"] for v in INVALID])
+def test_invalid_vector_is_refused_with_its_label(v):
+    data = bytes.fromhex(v["hex"])
+    assert len(data) == v["length"]
+    with pytest.raises(fw.DecodeError) as e:
+        if "key_hex" in v:
+            fw.verify(data, bytes.fromhex(v["key_hex"]))
+        else:
+            fw.decode(data)
+    assert e.value.label == v["error"], str(e.value)
+    if "key_hex" in v:
+        # Only the tag is wrong: without the key the frame decodes.
+        fw.decode(data)
+
+
 class Vectors(unittest.TestCase):
-    def test_valid_vectors(self):
-        for v in load("valid.json"):
+    def test_check_functions_agree(self):
+        for v in VALID:
             with self.subTest(v["name"]):
                 self.assertEqual(fw.check_valid(v), [])
-
-    def test_invalid_vectors(self):
-        for v in load("invalid.json"):
+        for v in INVALID:
             with self.subTest(v["name"]):
                 self.assertEqual(fw.check_invalid(v), [])
 
@@ -67,23 +113,22 @@ class Vectors(unittest.TestCase):
         self.assertIn("all passed", out.getvalue())
 
     def test_annotate_every_vector(self):
-        for v in load("valid.json"):
+        for v in VALID:
             with self.subTest(v["name"]):
                 text = fw.annotate(bytes.fromhex(v["hex"]))
                 self.assertIn("=> accepted", text)
-        for v in load("invalid.json"):
+        for v in INVALID:
             if v["error"] == "bad_auth_tag":
                 continue  # annotate has no key
             with self.subTest(v["name"]):
                 text = fw.annotate(bytes.fromhex(v["hex"]))
                 self.assertIn(f"=> refused: {v['error']}", text)
 
-    @unittest.skipUnless(os.path.exists(SPEC), "PROTOCOL.md not found")
     def test_section_9_dumps_match_vectors(self):
         with open(SPEC, encoding="utf-8") as fh:
             doc = fh.read()
         sec9 = doc[doc.index("## 9."):doc.index("## 10.")]
-        vectors = {v["name"]: v for v in load("valid.json")}
+        vectors = {v["name"]: v for v in VALID}
         found = 0
         for m in re.finditer(r"### (9\.\d) [^(]*\(`(\w+)`, (\d+) bytes\)\n.*?```\n(.*?)```",
                              sec9, re.S):
@@ -317,7 +362,3 @@ class ReceiverOrder(unittest.TestCase):
     def test_size_limits(self):
         self.assertEqual(self.label(b"\x00" * 1201), "too_long")
         self.assertEqual(self.label(b"FW\x01"), "too_short")
-
-
-if __name__ == "__main__":
-    unittest.main()
