@@ -416,6 +416,53 @@ fn main() {
         true,
     ));
 
+    ok.push(valid(
+        "position_no_fix_with_coordinates",
+        "Fix type 0 (no fix) with the last known coordinates: valid, decoded as sent (the ranges of section 4.1 apply whatever the fix type; the coordinates carry no information).",
+        enc(&Frame::new(42, 18, TS, Body::Position(Position { fix: FixType::NoFix, satellites: 0, ..munich() }))),
+        None,
+        true,
+    ));
+    // The longest frame allowed: a backlog of 128 events, texts padded so
+    // that the frame is exactly 1200 bytes.
+    {
+        let pad = "x".repeat(64);
+        let mut texts: Vec<Option<&str>> = vec![None; 128];
+        let mut len =
+            enc(&Frame::new(42, 19, TS, Body::Batch(Batch { samples: Seq::from_slice(&backlog) })))
+                .len();
+        // A text of n bytes adds 1 + n bytes (its length varint and bytes).
+        for t in texts.iter_mut() {
+            if len == 1200 {
+                break;
+            }
+            let n = (1200 - len - 1).min(64);
+            *t = Some(&pad[..n]);
+            len += 1 + n;
+        }
+        let samples: Vec<Sample<'_>> = backlog
+            .iter()
+            .zip(&texts)
+            .map(|(s, t)| match s.record {
+                Record::Event(e) => Sample {
+                    offset_ms: s.offset_ms,
+                    record: Record::Event(Event { text: *t, ..e }),
+                },
+                _ => unreachable!(),
+            })
+            .collect();
+        let bytes =
+            enc(&Frame::new(42, 19, TS, Body::Batch(Batch { samples: Seq::from_slice(&samples) })));
+        assert_eq!(bytes.len(), 1200);
+        ok.push(valid(
+            "frame_1200_bytes",
+            "The longest frame allowed, exactly 1200 bytes: 128 events, some with text. Valid on UDP and on a QUIC stream, but too long for one QUIC DATAGRAM at QUIC's minimum packet size (section 8.2).",
+            bytes,
+            None,
+            true,
+        ));
+    }
+
     // ----------------------------------------------------------------- invalid
     let basic = enc(&Frame::new(42, 7, TS, Body::Position(munich())));
     let pos = position_payload(481_372_000, 115_755_000, 5_190, 1_389, 2_705, 250, 2, 11);
@@ -438,6 +485,24 @@ fn main() {
     let mut long = basic.clone();
     long.resize(1201, 0);
     bad.push(invalid("too_long", "1201 bytes: one more than the limit.", long, "too_long", None));
+    let mut v2 = raw(2, 0, 1, 42, &pos, None);
+    v2.truncate(24);
+    bad.push(invalid(
+        "too_short_version_2",
+        "24 bytes of a version 2 frame: the length checks come before the version check.",
+        v2,
+        "too_short",
+        None,
+    ));
+    let mut v2 = raw(2, 0, 1, 42, &pos, None);
+    v2.resize(1201, 0);
+    bad.push(invalid(
+        "too_long_version_2",
+        "1201 bytes of a version 2 frame: the length checks come before the version check.",
+        v2,
+        "too_long",
+        None,
+    ));
     let mut m = basic.clone();
     m[0] = b'f';
     bad.push(invalid("bad_magic", "Starts with \"fW\".", m, "bad_magic", None));
@@ -445,6 +510,16 @@ fn main() {
         "unsupported_version",
         "Version 2 (with a correct CRC).",
         raw(2, 0, 1, 42, &pos, None),
+        "unsupported_version",
+        None,
+    ));
+    let mut v2 = raw(2, 0, 1, 42, &pos, None);
+    let n = v2.len();
+    v2[n - 1] ^= 0xff;
+    bad.push(invalid(
+        "unsupported_version_bad_checksum",
+        "Version 2 with a wrong CRC: the version is checked before the CRC (another version may put its CRC elsewhere).",
+        v2,
         "unsupported_version",
         None,
     ));
@@ -471,6 +546,13 @@ fn main() {
         "unknown_flags",
         "Flag bit 1 set (undefined in version 1).",
         raw(1, 0x02, 1, 42, &pos, None),
+        "unknown_flags",
+        None,
+    ));
+    bad.push(invalid(
+        "unknown_flags_before_tag_length",
+        "Flags 0x03 (AUTH and the undefined bit 1) on a 40-byte frame: unknown_flags (step 6) comes before the AUTH length check (step 7).",
+        raw(1, 0x03, 3, 42, &[0u8; 15], None),
         "unknown_flags",
         None,
     ));
@@ -558,6 +640,13 @@ fn main() {
         "latitude_out_of_range",
         "Latitude 900000001 (just north of the pole).",
         raw(1, 0, 1, 42, &position_payload(900_000_001, 0, 0, 0, 0, 0, 2, 5), None),
+        "out_of_range",
+        None,
+    ));
+    bad.push(invalid(
+        "no_fix_latitude_out_of_range",
+        "Fix type 0 (no fix) with latitude 900000001: coordinates are range-checked whatever the fix type.",
+        raw(1, 0, 1, 42, &position_payload(900_000_001, 0, 0, 0, 0, 0, 0, 0), None),
         "out_of_range",
         None,
     ));
