@@ -178,6 +178,59 @@ def test_lost_hello_and_how_a_device_avoids_it(plain):
             d13["sequence"]["restarts"], d13["sequence"]["lost"]) == (0, 13, 1, 0)
 
 
+def test_hello_copies_back_to_back_and_a_late_copy(plain):
+    """Section 2.1, way 3: a Hello sent three times back to back restarts
+    the accounting once (copies are duplicates); a copy sent after other
+    frames is taken as another reboot."""
+    t0 = fleetwire.now_ms()
+    with UdpSender(plain.udp) as s:
+        for i in range(10):
+            s.event(14, i, timestamp_ms=t0 + i)
+        s.set_sequence(14, 0)                          # reboot
+        h = s.hello(14, firmware="2")
+        s.resend(h)
+        s.resend(h)
+        for i in range(3):
+            s.event(14, 100 + i, timestamp_ms=t0 + 100 + i)
+        s.hello(15)                                    # a new device: its first frame
+        s.event(15, 1)
+        s.event(15, 2)
+        s.set_sequence(15, 0)
+        s.resend(s.encode(15, "hello", fleetwire.hello()))  # a Hello numbered 0 again
+    wait_received(plain, 10 + 3 + 3 + 4)
+    seq14 = plain.get("/api/devices/14")["sequence"]
+    assert (seq14["restarts"], seq14["duplicates"], seq14["highest"], seq14["lost"]) == (
+        1, 2, 3, 0)
+    assert plain.get("/api/devices/14")["counts"]["events"] == 13
+    seq15 = plain.get("/api/devices/15")["sequence"]
+    assert (seq15["restarts"], seq15["highest"]) == (1, 0)
+
+
+def test_optional_auth(tmp_path):
+    """Section 6, udp_auth = "optional": a device with a key must sign; one
+    without may send unsigned, and its tags are not checked."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"101 {KEY_A.hex()}\n")
+    srv = Server(tmp_path / "data", "--udp-auth", "optional", "--keys-file", str(keys))
+    try:
+        with UdpSender(srv.udp, keys={101: KEY_A, 201: KEY_B}, start={101: 0, 201: 0}) as s:
+            s.event(101, 1)                            # signed, verified
+            s.event(201, 1)                            # signed, no key there: not checked
+            # Another frame with 101's number 0 again: refused as a replay.
+            s.resend(s.encode(101, "event", fleetwire.event(9), sequence=0))
+        with UdpSender(srv.udp) as u:
+            u.set_sequence(101, 5)
+            u.event(101, 2)                            # unsigned from a keyed device
+            u.event(202, 2)                            # unsigned, no key: accepted
+        wait_received(srv, 5)
+        assert udp_totals(srv) == {"received": 5, "accepted": 3, "rejected": 2}
+        assert (rejected(srv, "auth_required"), rejected(srv, "replay")) == (1, 1)
+        assert srv.get("/api/devices/201") is not None
+        assert srv.get("/api/devices/202") is not None
+    finally:
+        srv.stop()
+
+
 def test_signed_frames_and_refusals(signed, tmp_path):
     t0 = fleetwire.now_ms()
     with UdpSender(signed.udp, keys={101: KEY_A, 102: KEY_B},
