@@ -12,6 +12,7 @@ import pytest
 
 import fleetwire
 from fleetwire import UdpSender, wire
+from conftest import SDK
 from server import BIN, Server
 
 if not os.path.exists(BIN):
@@ -113,10 +114,14 @@ def test_unsigned_frames_show_up_exactly(plain):
 
 
 def test_first_position_of_the_readme(plain):
-    # sdk/python/README.md, "Send your first position".
-    with UdpSender(plain.udp) as s:
-        s.hello(42, firmware="1.0.0", model="demo")
-        s.position(42, lat=48.1372, lon=11.5755, speed=13.9, heading=270, hacc=3, satellites=9)
+    """The Python block of sdk/python/README.md, "Send your first position",
+    run as written (only the server's port differs)."""
+    with open(os.path.join(SDK, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    block = readme.split("## Send your first position", 1)[1].split("```python\n", 1)[1]
+    block = block.split("```", 1)[0]
+    assert "127.0.0.1:4480" in block and len(block.splitlines()) <= 10
+    exec(compile(block.replace("127.0.0.1:4480", plain.udp), "README.md", "exec"), {})
     wait_received(plain, 2)
     d = plain.get("/api/devices/42")
     assert d["info"]["model"] == "demo"
