@@ -31,13 +31,15 @@ step "Python SDK (sdk/python): golden vectors, sender, CLI, live server"
 python3 -m pytest -q sdk/python
 
 if command -v cargo-fuzz >/dev/null; then
-  step "short fuzz runs (cargo fuzz)"
-  (cd proto/fuzz && for t in $(cargo fuzz list --fuzz-dir . 2>/dev/null); do
-     mkdir -p "corpus/$t"
-     # New inputs go to corpus/ (not tracked); seeds/ is read only.
-     out=$(RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --fuzz-dir . "corpus/$t" "seeds/$t" -- -max_total_time=20 2>&1) || { echo "$out" | grep -v "^#" | tail -n 60; echo "fuzz target $t failed"; exit 1; }
-     echo "$out" | grep -E "^Done" || true
-   done)
+  step "short fuzz runs (cargo fuzz: proto/fuzz decode, fuzz/ ingest)"
+  for dir in proto/fuzz fuzz; do
+    (cd "$dir" && for t in $(cargo fuzz list --fuzz-dir . 2>/dev/null); do
+       mkdir -p "corpus/$t"
+       # New inputs go to corpus/ (not tracked); seeds/ is read only.
+       out=$(RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" --fuzz-dir . "corpus/$t" "seeds/$t" -- -max_total_time=20 2>&1) || { echo "$out" | grep -v "^#" | tail -n 60; echo "fuzz target $dir/$t failed"; exit 1; }
+       echo "$dir/$t: $(echo "$out" | grep -E "^Done" || true)"
+     done)
+  done
 fi
 
 step "all tests passed"

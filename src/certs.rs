@@ -16,7 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// URI prefix of the device id SAN.
-pub const DEVICE_URI_PREFIX: &str = "urn:fleetwire:device:";
+pub(crate) const DEVICE_URI_PREFIX: &str = "urn:fleetwire:device:";
 
 /// Errors making or loading certificates.
 #[derive(Debug, thiserror::Error)]
@@ -83,11 +83,11 @@ fn validity(p: &mut CertificateParams, days: i64) {
 }
 
 /// Validity of the CA certificate, days.
-pub const CA_DAYS: i64 = 3650;
+pub(crate) const CA_DAYS: i64 = 3650;
 /// Validity of server certificates, days.
-pub const SERVER_DAYS: i64 = 397;
+pub(crate) const SERVER_DAYS: i64 = 397;
 /// Validity of device certificates, days.
-pub const DEVICE_DAYS: i64 = 1825;
+pub(crate) const DEVICE_DAYS: i64 = 1825;
 
 fn san(s: &str) -> Result<SanType, rcgen::Error> {
     Ok(match s.parse::<std::net::IpAddr>() {
@@ -98,7 +98,7 @@ fn san(s: &str) -> Result<SanType, rcgen::Error> {
 
 /// Files written by [`init`].
 #[derive(Debug)]
-pub struct InitFiles {
+pub(crate) struct InitFiles {
     /// CA certificate (give it to devices and to `serve` as quic_client_ca).
     pub ca_cert: PathBuf,
     /// CA private key (keep offline; needed to issue device certificates).
@@ -110,7 +110,7 @@ pub struct InitFiles {
 }
 
 /// Makes a CA and a server certificate for `sans` in `dir`.
-pub fn init(dir: &Path, sans: &[String], force: bool) -> Result<InitFiles, CertError> {
+pub(crate) fn init(dir: &Path, sans: &[String], force: bool) -> Result<InitFiles, CertError> {
     let files = InitFiles {
         ca_cert: dir.join("ca.pem"),
         ca_key: dir.join("ca.key"),
@@ -156,7 +156,7 @@ fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), CertError> {
 
 /// Issues a new server certificate for `sans` from the CA in `dir`
 /// (`server.pem`, `server.key`): renewal without touching the CA.
-pub fn server(dir: &Path, sans: &[String]) -> Result<(PathBuf, PathBuf), CertError> {
+pub(crate) fn server(dir: &Path, sans: &[String]) -> Result<(PathBuf, PathBuf), CertError> {
     let (issuer, ca_key) = load_ca(dir)?;
     let server_key = KeyPair::generate()?;
     let mut sp = CertificateParams::new(Vec::<String>::new())?;
@@ -175,7 +175,7 @@ pub fn server(dir: &Path, sans: &[String]) -> Result<(PathBuf, PathBuf), CertErr
 
 /// Makes a client certificate for device `id`, signed by the CA in `dir`.
 /// Returns the certificate and key paths.
-pub fn device(dir: &Path, id: u32) -> Result<(PathBuf, PathBuf), CertError> {
+pub(crate) fn device(dir: &Path, id: u32) -> Result<(PathBuf, PathBuf), CertError> {
     let (issuer, ca_key) = load_ca(dir)?;
     let key = KeyPair::generate()?;
     let mut p = CertificateParams::new(Vec::<String>::new())?;
@@ -195,7 +195,7 @@ pub fn device(dir: &Path, id: u32) -> Result<(PathBuf, PathBuf), CertError> {
 /// The development certificate in `data_dir` (`dev-cert.pem`, `dev-key.pem`),
 /// made on first use: self-signed for localhost, 127.0.0.1 and ::1. Clients
 /// trust it with `--ca <data_dir>/dev-cert.pem`.
-pub fn dev_certificate(
+pub(crate) fn dev_certificate(
     data_dir: &Path,
 ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), CertError> {
     let cert_path = data_dir.join("dev-cert.pem");
@@ -220,7 +220,7 @@ pub fn dev_certificate(
 }
 
 /// Loads a PEM certificate chain and a PEM private key.
-pub fn load_chain_and_key(
+pub(crate) fn load_chain_and_key(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CertError> {
@@ -237,7 +237,7 @@ pub fn load_chain_and_key(
 }
 
 /// Loads trusted CA certificates from a PEM file.
-pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, CertError> {
+pub(crate) fn load_roots(path: &Path) -> Result<rustls::RootCertStore, CertError> {
     let pem = |reason: String| CertError::Pem { path: path.into(), reason };
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(path).map_err(|e| pem(e.to_string()))? {
@@ -252,7 +252,7 @@ pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, CertError> {
 /// The device id a client certificate names (URI SAN
 /// `urn:fleetwire:device:<id>`), if any. The server treats a certificate
 /// without one as naming device 0, which no frame may claim.
-pub fn device_id_of(cert: &CertificateDer<'_>) -> Option<u32> {
+pub(crate) fn device_id_of(cert: &CertificateDer<'_>) -> Option<u32> {
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let sans = x.subject_alternative_name().ok()??;
     sans.value.general_names.iter().find_map(|n| match n {

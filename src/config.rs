@@ -15,31 +15,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
-
-/// How QUIC clients must authenticate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// No client certificates: any client may connect.
-    None,
-    /// A client certificate, if presented, must chain to `quic_client_ca`.
-    Optional,
-    /// Every client must present a certificate that chains to `quic_client_ca`.
-    Required,
-}
-
-/// How UDP frames must be authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum UdpAuth {
-    /// Tags are not checked.
-    Off,
-    /// Devices with a key must sign (verified, with replay protection);
-    /// devices without a key may send unsigned frames.
-    Optional,
-    /// Every frame must carry a tag that verifies with its device's key.
-    Required,
-}
+use crate::forward::ForwardConfig;
+use crate::ingest::{PolicyConfig, UdpAuth};
+use crate::transport::quic::{ClientAuth, QuicConfig};
+use crate::transport::udp::UdpConfig;
 
 /// The complete server configuration. See `fleetwire config default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +112,7 @@ pub struct Config {
     /// Most source addresses tracked by the rate limiter.
     pub rate_limit_sources: usize,
     /// Forwarding of accepted records (`[forward.nats]`).
-    pub forward: crate::forward::ForwardConfig,
+    pub forward: ForwardConfig,
 }
 
 impl Default for Config {
@@ -178,7 +157,7 @@ impl Default for Config {
             rate_limit_device: 0.0,
             rate_limit_burst: 100.0,
             rate_limit_sources: 65_536,
-            forward: crate::forward::ForwardConfig::default(),
+            forward: ForwardConfig::default(),
         }
     }
 }
@@ -204,7 +183,10 @@ pub enum ConfigError {
 }
 
 /// A listen address setting: an address, or disabled.
-pub fn listen_addr(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+pub(crate) fn listen_addr(
+    key: &'static str,
+    value: &str,
+) -> Result<Option<SocketAddr>, ConfigError> {
     match value.trim() {
         "" | "off" | "none" => Ok(None),
         v => v.parse().map(Some).map_err(|e| ConfigError::Invalid {
@@ -317,7 +299,7 @@ impl Config {
     /// Shards actually used: `engine_shards` rounded up to a power of two,
     /// but never more than `max_devices` (each shard holds
     /// `max_devices / shards` devices, so the total never exceeds it).
-    pub fn effective_shards(&self) -> usize {
+    pub(crate) fn effective_shards(&self) -> usize {
         let mut n = self.engine_shards.clamp(1, 1024).next_power_of_two();
         while n > 1 && n > self.max_devices {
             n /= 2;
@@ -325,8 +307,8 @@ impl Config {
         n
     }
 
-    /// The engine's view of this configuration.
-    pub fn engine(&self) -> EngineConfig {
+    /// The engine's slice.
+    pub(crate) fn engine(&self) -> EngineConfig {
         let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
         let shards = self.effective_shards();
         EngineConfig {
@@ -346,6 +328,44 @@ impl Config {
             reading_samples: self.reading_samples,
             max_readings_per_device: self.max_readings_per_device,
             max_heap_per_shard: self.max_reading_memory / shards,
+        }
+    }
+    /// The policy's slice.
+    pub(crate) fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            udp_auth: self.udp_auth,
+            keys_file: (!self.keys_file.as_os_str().is_empty()).then(|| self.keys_file.clone()),
+            rate_source: self.rate_limit_source,
+            rate_device: self.rate_limit_device,
+            burst: self.rate_limit_burst,
+            max_sources: self.rate_limit_sources,
+            // The device limiter remembers as many devices as are tracked,
+            // up to 4 Mi.
+            max_devices: self.max_devices.min(4 << 20),
+        }
+    }
+
+    /// The UDP transport's slice.
+    pub(crate) fn udp(&self) -> UdpConfig {
+        UdpConfig {
+            threads: self.udp_threads,
+            recv_buffer: self.udp_recv_buffer,
+            batch: self.udp_batch,
+        }
+    }
+
+    /// The QUIC transport's slice.
+    pub(crate) fn quic(&self) -> QuicConfig {
+        QuicConfig {
+            cert: (!self.quic_cert.as_os_str().is_empty())
+                .then(|| (self.quic_cert.clone(), self.quic_key.clone())),
+            data_dir: self.data_dir.clone(),
+            client_auth: self.client_auth,
+            client_ca: self.quic_client_ca.clone(),
+            max_connections: self.quic_max_connections,
+            idle_timeout: self.quic_idle_timeout,
+            datagram_buffer: self.quic_datagram_buffer,
+            retry: self.quic_retry,
         }
     }
 }
@@ -371,6 +391,12 @@ mod tests {
         for key in json["forward"]["nats"].as_object().unwrap().keys() {
             assert!(nats.contains_key(key), "forward.nats.{key} missing from default-config.toml");
         }
+    }
+
+    #[test]
+    fn the_engine_defaults_are_the_configuration_defaults() {
+        let (a, b) = (EngineConfig::default(), Config::default().engine());
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
     }
 
     #[test]

@@ -1,30 +1,35 @@
 //! fleetwire: real-time telemetry ingest for IoT fleets.
 //!
-//! See `ARCHITECTURE.md` for the map. The layers, from the wire inwards:
-//! [`transport`] (UDP and QUIC sockets) → `fleetwire_proto::decode` →
-//! [`engine`] (sans-IO aggregation) → [`export`] (Prometheus and HTTP).
-#![warn(missing_docs)]
+//! See `ARCHITECTURE.md` for the map. The data path, top to bottom:
+//! `transport` (UDP and QUIC sockets) → `ingest` (decode with
+//! `fleetwire_proto`, policy) → `engine` (sans-IO aggregation) → `export`
+//! (Prometheus, HTTP) and `forward` (NATS). Composition happens only in
+//! [`server`] and `cli`. The public API is what the binary, the integration
+//! tests and the fuzz crate need: [`server::run`] with [`config::Config`]
+//! and [`server::Listeners`].
+#![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_code)]
 
-pub mod certs;
+pub(crate) mod certs;
+pub(crate) mod clock;
 pub mod config;
-pub mod engine;
-pub mod export;
-pub mod forward;
-pub mod ingest;
-pub mod policy;
-pub mod replay;
+pub(crate) mod engine;
+pub(crate) mod export;
+pub(crate) mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
+pub(crate) mod ingest;
 pub mod server;
-pub mod snapshot;
-pub mod transport;
-
-/// The server clock: Unix time in milliseconds. The only clock read of the
-/// ingest path; the engine gets its result as an argument.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-pub mod cli;
 pub mod sim;
+pub(crate) mod snapshot;
+pub(crate) mod store;
+pub(crate) mod telemetry;
+pub(crate) mod transport;
+
+pub(crate) mod cli;
+
+pub use cli::{main, serve_config};
+pub use forward::{ForwardConfig, NatsConfig};
+pub use ingest::{KeysError, UdpAuth};
+pub use store::StoreError;
+pub use transport::quic::{ClientAuth, StartError as QuicStartError};

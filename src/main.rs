@@ -1,5 +1,5 @@
 //! The `fleetwire` binary: see `fleetwire --help`.
 
 fn main() -> std::process::ExitCode {
-    fleetwire::cli::main()
+    fleetwire::main()
 }

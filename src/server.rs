@@ -1,56 +1,61 @@
 //! `fleetwire serve`: binds the sockets, wires transports → pipeline →
-//! engine → export, and shuts down gracefully.
+//! engine → export and forwarding, and shuts down in a written order.
 //!
 //! Like mini-redis, [`run`] takes already-bound sockets ([`Listeners`]) and
-//! a shutdown future, so tests bind port 0 and stop the server when they like.
+//! a shutdown future, so tests bind port 0 and stop the server when they
+//! like. [`Running::start`] is a list of named phases; [`Running::shutdown`]
+//! says the order things stop in. There is one stop signal (a
+//! [`CancellationToken`]) that every task watches; nothing is aborted.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, listen_addr};
-use crate::engine::Engine;
-use crate::export::http::{AppState, router};
-use crate::export::metrics::Metrics;
-use crate::ingest::Pipeline;
-use crate::policy::Policy;
-use crate::replay::ReplayWindows;
-use crate::transport::udp;
-use crate::{now_ms, snapshot};
+use crate::engine::{Engine, RecordKind};
+use crate::export::http::{self, HttpState};
+use crate::forward::{self, Forwarder};
+use crate::ingest::replay::ReplayWindows;
+use crate::ingest::{IngestCounters, KeysError, Pipeline, Policy, RecordSink};
+use crate::snapshot;
+use crate::store::{Store, StoreError};
+use crate::telemetry::{Counter, Registry};
+use crate::transport::quic::{self, QuicEndpoint};
+use crate::transport::udp::{self, BoundUdp, UdpReceivers};
 
 /// Sockets bound before the server runs.
 pub struct Listeners {
-    /// UDP ingest sockets (one per receive thread).
-    pub udp: Vec<udp::BoundUdp>,
-    /// QUIC ingest socket (with the same large receive buffer as UDP ingest).
-    pub quic: Option<udp::BoundUdp>,
-    /// HTTP listener.
-    pub http: Option<std::net::TcpListener>,
+    udp: Vec<BoundUdp>,
+    quic: Option<BoundUdp>,
+    http: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
     /// Binds everything `cfg` asks for.
-    pub fn bind(cfg: &Config) -> Result<Listeners, BindError> {
+    pub fn bind(cfg: &Config) -> Result<Listeners, ServerError> {
+        let bind = |key, source| move |a| ServerError::Bind { key, addr: a, source };
         let udp = match listen_addr("udp_listen", &cfg.udp_listen)? {
             Some(a) => udp::bind_all(a, cfg.udp_recv_buffer, cfg.udp_threads)
-                .map_err(|e| BindError::Io("udp_listen", a, e))?,
+                .map_err(|e| bind("udp_listen", e)(a))?,
             None => Vec::new(),
         };
         let quic = match listen_addr("quic_listen", &cfg.quic_listen)? {
             Some(a) => Some(
                 udp::bind_for("QUIC", a, cfg.udp_recv_buffer, false)
-                    .map_err(|e| BindError::Io("quic_listen", a, e))?,
+                    .map_err(|e| bind("quic_listen", e)(a))?,
             ),
             None => None,
         };
         let http = match listen_addr("http_listen", &cfg.http_listen)? {
             Some(a) => {
                 let l = std::net::TcpListener::bind(a)
-                    .map_err(|e| BindError::Io("http_listen", a, e))?;
-                l.set_nonblocking(true).map_err(|e| BindError::Io("http_listen", a, e))?;
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|e| bind("http_listen", e)(a))?;
                 Some(l)
             }
             None => None,
@@ -60,66 +65,303 @@ impl Listeners {
 
     /// The bound UDP ingest address.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
-        self.udp.first().and_then(|u| u.socket.local_addr().ok())
+        self.udp.first().and_then(|u| u.local_addr().ok())
     }
+
     /// The bound QUIC address.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
-        self.quic.as_ref().and_then(|u| u.socket.local_addr().ok())
+        self.quic.as_ref().and_then(|u| u.local_addr().ok())
     }
+
     /// The bound HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
-/// Why the server could not start.
+/// Why the server could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
-pub enum BindError {
+pub enum ServerError {
     /// A setting is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A socket could not be bound.
-    #[error("cannot listen on {1} ({0}): {2}")]
-    Io(&'static str, SocketAddr, std::io::Error),
-    /// TLS material could not be loaded or made.
-    #[error("QUIC/TLS setup: {0}")]
-    Tls(String),
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        /// The setting naming the address.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The keys file could not be read.
     #[error(transparent)]
-    Keys(#[from] crate::policy::KeysError),
+    Keys(#[from] KeysError),
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Quic(#[from] quic::StartError),
+    /// A thread or the HTTP listener could not be started.
+    #[error("cannot start {what}: {source}")]
+    Start {
+        /// What.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
-/// What the server did, reported at shutdown.
+impl ServerError {
+    /// Whether a setting is to blame: the exit code is then 2.
+    pub fn is_config(&self) -> bool {
+        match self {
+            ServerError::Config(_) | ServerError::Keys(_) => true,
+            ServerError::Quic(e) => e.is_config(),
+            ServerError::Bind { .. } | ServerError::Start { .. } => false,
+        }
+    }
+}
+
+/// What the server did, reported when it stops.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
-    /// Fleet totals at the end.
-    pub summary: crate::engine::Summary,
+    /// Devices tracked at the end.
+    pub devices: u64,
+    /// Records accepted over the server's life (restored counters included).
+    pub records: u64,
     /// Where the final snapshot went, if one was written.
     pub snapshot: Option<PathBuf>,
 }
 
-/// Runs the server until `shutdown` resolves, then stops receiving, drains
-/// the sockets, writes a snapshot and returns.
+/// Runs the server until `shutdown` resolves, then stops it (see
+/// [`Running::shutdown`]).
 pub async fn run(
     cfg: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<RunSummary, BindError> {
-    let started = Instant::now();
-    let engine = Arc::new(Engine::new(cfg.engine(), cfg.effective_shards()));
+) -> Result<RunSummary, ServerError> {
+    let server = Running::start(cfg, listeners).await?;
+    shutdown.await;
+    Ok(server.shutdown().await)
+}
+
+/// How long a stopping server keeps publishing buffered records to NATS.
+const FORWARD_DRAIN: Duration = Duration::from_secs(2);
+/// How long a stopping server waits for HTTP requests in progress.
+const HTTP_DRAIN: Duration = Duration::from_millis(500);
+
+/// Writes the state files (anti-replay windows, then the engine snapshot),
+/// one save at a time, and counts the outcome.
+struct Saver {
+    store: Store,
+    engine: Arc<Engine>,
+    pipeline: Arc<Pipeline>,
+    snapshots: Counter,
+    failures: Counter,
+}
+
+impl Saver {
+    fn new(store: Store, engine: Arc<Engine>, pipeline: Arc<Pipeline>, r: &Registry) -> Self {
+        Saver {
+            store,
+            engine,
+            pipeline,
+            snapshots: r.counter(
+                "fleetwire_snapshots_total",
+                "Device-state snapshots written to the data dir.",
+                &[],
+            ),
+            failures: r.counter(
+                "fleetwire_snapshot_failures_total",
+                "Device-state snapshot writes that failed.",
+                &[],
+            ),
+        }
+    }
+
+    /// Saves now (blocking); returns whether it worked. Saves never
+    /// overlap: the store lets one writer in at a time.
+    fn save(&self) -> bool {
+        let t = Instant::now();
+        let r = self.store.exclusive(|dir| -> Result<(usize, usize), StoreError> {
+            self.pipeline.policy().replay_windows().save(dir)?;
+            snapshot::write_engine(&self.engine, dir, now_ms())
+        });
+        match r {
+            Ok((bytes, devices)) => {
+                self.snapshots.inc();
+                tracing::debug!(devices, bytes, elapsed = ?t.elapsed(), "snapshot written");
+                true
+            }
+            Err(e) => {
+                self.failures.inc();
+                tracing::error!(error = %e, "snapshot failed");
+                false
+            }
+        }
+    }
+
+    /// [`save`](Self::save) on a blocking thread.
+    async fn save_async(self: &Arc<Self>) -> bool {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.save()).await.unwrap_or(false)
+    }
+}
+
+/// A started server.
+pub struct Running {
+    stop: CancellationToken,
+    started: Instant,
+    cfg: Config,
+    engine: Arc<Engine>,
+    saver: Arc<Saver>,
+    forwarder: Option<(Arc<Forwarder>, tokio::task::JoinHandle<()>)>,
+    udp: UdpReceivers,
+    quic: Option<QuicEndpoint>,
+    http: Option<tokio::task::JoinHandle<()>>,
+    upkeep: tokio::task::JoinHandle<()>,
+    listening: Vec<(&'static str, String)>,
+}
+
+impl Running {
+    /// Starts the server on `listeners`, phase by phase: restore the state,
+    /// start forwarding, build the pipeline, then the UDP receivers, the
+    /// QUIC endpoint, HTTP and the upkeep task.
+    pub async fn start(cfg: Config, listeners: Listeners) -> Result<Running, ServerError> {
+        let started = Instant::now();
+        let stop = CancellationToken::new();
+        let registry = Registry::new();
+        let engine = Arc::new(restore_engine(&cfg));
+        let policy = restore_policy(&cfg, &engine, &registry)?;
+        let forwarder = start_forwarder(&cfg, &registry, &stop);
+        let mut pipeline =
+            Pipeline::new(engine.clone(), IngestCounters::register(&registry), policy);
+        if let Some((fw, _)) = &forwarder {
+            pipeline = pipeline.with_sink(fw.clone() as Arc<dyn RecordSink>);
+        }
+        let pipeline = Arc::new(pipeline);
+        let mut listening = Vec::new();
+        let udp = start_udp(&cfg, listeners.udp, &pipeline, &registry, &stop, &mut listening)?;
+        let quic = start_quic(&cfg, listeners.quic, &pipeline, &registry, &mut listening)?;
+        let saver = Arc::new(Saver::new(
+            Store::new(&cfg.data_dir),
+            engine.clone(),
+            pipeline.clone(),
+            &registry,
+        ));
+        let http = match listeners.http {
+            Some(l) => {
+                let state = HttpState {
+                    engine: engine.clone(),
+                    registry: registry.clone(),
+                    pipeline: pipeline.clone(),
+                    forwarder: forwarder.as_ref().map(|(f, _)| f.clone()),
+                    started,
+                    listening: Vec::new(),
+                };
+                Some(start_http(l, state, &stop, &mut listening)?)
+            }
+            None => None,
+        };
+        let snap_every =
+            (cfg.snapshot && !cfg.snapshot_interval.is_zero()).then_some(cfg.snapshot_interval);
+        let upkeep = tokio::spawn(upkeep(snap_every, saver.clone(), pipeline, stop.clone()));
+        Ok(Running {
+            stop,
+            started,
+            cfg,
+            engine,
+            saver,
+            forwarder,
+            udp,
+            quic,
+            http,
+            upkeep,
+            listening,
+        })
+    }
+
+    /// The addresses listened on, by transport (`udp`, `quic`, `http`).
+    pub fn listening(&self) -> &[(&'static str, String)] {
+        &self.listening
+    }
+
+    /// Stops the server, in this order:
+    /// 1. the stop signal: receive threads read what is queued in their
+    ///    sockets (1 s at most), HTTP finishes the requests in progress, the
+    ///    upkeep task finishes a snapshot it is writing, the forwarder's
+    ///    drain time (2 s) starts;
+    /// 2. the UDP receive threads end; the QUIC endpoint closes (each
+    ///    connection hands what it has read to the pipeline first);
+    /// 3. nothing can be accepted any more: the forwarder is told, publishes
+    ///    what is buffered and counts what it could not as dropped;
+    /// 4. the upkeep task ends (awaited, never aborted, so no snapshot is
+    ///    cut off); HTTP ends;
+    /// 5. the final tick and the final snapshot (after every other save,
+    ///    which the store serialises anyway), then the totals are logged.
+    pub async fn shutdown(self) -> RunSummary {
+        tracing::info!("shutting down: draining sockets");
+        self.stop.cancel();
+        self.udp.join().await;
+        if let Some(q) = self.quic {
+            q.shutdown().await;
+        }
+        if let Some((fw, task)) = self.forwarder {
+            fw.close();
+            // The task itself gives up FORWARD_DRAIN after the stop signal
+            // and counts what it could not publish; this timeout only
+            // guards against a bug there.
+            let _ = tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), task).await;
+        }
+        let _ = self.upkeep.await;
+        if let Some(t) = self.http {
+            let _ = tokio::time::timeout(HTTP_DRAIN, t).await;
+        }
+        self.engine.tick(now_ms());
+        let snapshot = if self.cfg.snapshot && self.saver.save_async().await {
+            Some(self.cfg.data_dir.join(snapshot::FILE))
+        } else {
+            None
+        };
+        let summary = self.engine.summary();
+        let t = &summary.totals;
+        tracing::info!(
+            devices = summary.devices,
+            positions = t.records.get(RecordKind::Position),
+            monitoring = t.records.get(RecordKind::Monitoring),
+            events = t.records.get(RecordKind::Event),
+            lost = t.lost(),
+            duplicates = t.duplicates,
+            reordered = t.reordered,
+            uptime = ?self.started.elapsed(),
+            snapshot = ?snapshot,
+            "stopped"
+        );
+        RunSummary { devices: summary.devices, records: t.records.total(), snapshot }
+    }
+}
+
+/// Phase 1: the engine, with the devices of the last snapshot.
+fn restore_engine(cfg: &Config) -> Engine {
+    let engine = Engine::new(cfg.engine(), cfg.effective_shards());
     if cfg.snapshot {
         match snapshot::read(&cfg.data_dir) {
             Ok(Some(s)) => {
-                let n = s.devices.len();
+                let (n, taken_ms) = (s.device_count(), s.taken_ms);
                 engine.restore(s.devices, Some(s.totals));
-                tracing::info!(devices = n, taken_ms = s.taken_ms, dir = %cfg.data_dir.display(), "restored device state");
+                tracing::info!(devices = n, taken_ms, dir = %cfg.data_dir.display(), "restored device state");
             }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "could not restore device state; starting empty"),
         }
     }
-    let metrics = Arc::new(Metrics::new());
-    let mut policy = Policy::from_config(&cfg)?;
+    engine
+}
+
+/// Phase 1 too: the policies, with the anti-replay windows of the last
+/// snapshot, seeded from the engine's sequence state of keyed devices.
+fn restore_policy(cfg: &Config, engine: &Engine, r: &Registry) -> Result<Policy, ServerError> {
+    let mut policy = Policy::load(&cfg.policy(), r)?;
     if cfg.snapshot {
         match ReplayWindows::load(&cfg.data_dir) {
             Ok(Some(w)) => {
@@ -140,226 +382,138 @@ pub async fn run(
             }
         });
     }
-    metrics.keys_loaded.set(policy.key_count() as f64);
-    let mut pipeline = Pipeline::new(engine.clone(), metrics.clone(), policy);
-    let (fw_stop_tx, fw_stop_rx) = tokio::sync::watch::channel(false);
-    let mut forward_task = None;
-    if cfg.forward.nats.enabled() {
-        let fw = Arc::new(crate::forward::Forwarder::new(
-            cfg.forward.nats.clone(),
-            metrics.forward.clone(),
-        ));
-        pipeline = pipeline.with_forwarder(fw.clone());
-        forward_task = Some(tokio::spawn(crate::forward::run(fw, fw_stop_rx, FORWARD_DRAIN)));
+    Ok(policy)
+}
+
+/// Phase 2: the NATS forwarder and its publisher task, when configured.
+fn start_forwarder(
+    cfg: &Config,
+    r: &Registry,
+    stop: &CancellationToken,
+) -> Option<(Arc<Forwarder>, tokio::task::JoinHandle<()>)> {
+    if !cfg.forward.nats.enabled() {
+        return None;
     }
-    let pipeline = Arc::new(pipeline);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut listening = Vec::new();
+    let fw = Arc::new(Forwarder::new(cfg.forward.nats.clone(), r));
+    let task = tokio::spawn(forward::publisher::run(fw.clone(), stop.clone(), FORWARD_DRAIN));
+    Some((fw, task))
+}
 
-    // UDP receive threads.
-    let mut udp_threads = Vec::new();
-    let mut inodes = Vec::new();
-    for (i, b) in listeners.udp.into_iter().enumerate() {
-        let addr = b.socket.local_addr().ok();
-        metrics.udp_buffer.set((b.granted_buffer / 2) as f64);
-        if i == 0 {
-            if let Some(a) = addr {
-                tracing::info!(transport = "udp", addr = %a, threads = cfg.udp_threads, "listening");
-                listening.push(("udp".to_string(), a.to_string()));
-            }
-        }
-        inodes.extend(udp::inode(&b.socket));
-        let h = udp::spawn(
-            b.socket,
-            cfg.udp_batch,
-            pipeline.clone(),
-            stop.clone(),
-            format!("udp-rx-{i}"),
-        )
-        .map_err(|e| BindError::Tls(format!("cannot start UDP thread: {e}")))?;
-        udp_threads.push(h);
+/// Phase 3: a receive thread per UDP socket.
+fn start_udp(
+    cfg: &Config,
+    sockets: Vec<BoundUdp>,
+    pipeline: &Arc<Pipeline>,
+    r: &Registry,
+    stop: &CancellationToken,
+    listening: &mut Vec<(&'static str, String)>,
+) -> Result<UdpReceivers, ServerError> {
+    if let Some(a) = sockets.first().and_then(|b| b.local_addr().ok()) {
+        tracing::info!(transport = "udp", addr = %a, threads = cfg.udp_threads, "listening");
+        listening.push(("udp", a.to_string()));
     }
+    UdpReceivers::start(sockets, &cfg.udp(), pipeline, r, stop)
+        .map_err(|source| ServerError::Start { what: "a UDP receive thread", source })
+}
 
-    // QUIC.
-    let mut quic_inodes = Vec::new();
-    let quic = match listeners.quic {
-        Some(b) => {
-            quic_inodes.extend(udp::inode(&b.socket));
-            let q = crate::transport::quic::start(&cfg, b.socket, pipeline.clone())?;
-            tracing::info!(transport = "quic", addr = %q.addr, alpn = "fleetwire/1", "listening");
-            listening.push(("quic".to_string(), q.addr.to_string()));
-            Some(q)
-        }
-        None => None,
-    };
+/// Phase 4: the QUIC endpoint.
+fn start_quic(
+    cfg: &Config,
+    socket: Option<BoundUdp>,
+    pipeline: &Arc<Pipeline>,
+    r: &Registry,
+    listening: &mut Vec<(&'static str, String)>,
+) -> Result<Option<QuicEndpoint>, ServerError> {
+    let Some(socket) = socket else { return Ok(None) };
+    let q = QuicEndpoint::start(socket, &cfg.quic(), pipeline, r)?;
+    if let Ok(a) = q.local_addr() {
+        tracing::info!(transport = "quic", addr = %a, alpn = "fleetwire/1", "listening");
+        listening.push(("quic", a.to_string()));
+    }
+    Ok(Some(q))
+}
 
-    // HTTP.
-    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let http_task = match listeners.http {
-        Some(l) => {
-            let addr = l.local_addr().ok();
-            let l = tokio::net::TcpListener::from_std(l)
-                .map_err(|e| BindError::Tls(format!("http listener: {e}")))?;
-            if let Some(a) = addr {
-                tracing::info!(transport = "http", addr = %a, "listening (/metrics, /api, /healthz)");
-                listening.push(("http".to_string(), a.to_string()));
-            }
-            let state = Arc::new(AppState {
-                engine: engine.clone(),
-                metrics: metrics.clone(),
-                pipeline: Some(pipeline.clone()),
-                udp_inodes: inodes.clone(),
-                quic_inodes,
-                started,
-                listening: listening.clone(),
-            });
-            let app = router(state);
-            Some(tokio::spawn(async move {
-                let r = axum::serve(l, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = http_stop_rx.await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            }))
-        }
-        None => None,
-    };
+/// Phase 5: HTTP.
+fn start_http(
+    l: std::net::TcpListener,
+    mut state: HttpState,
+    stop: &CancellationToken,
+    listening: &mut Vec<(&'static str, String)>,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let addr = l.local_addr().ok();
+    let l = tokio::net::TcpListener::from_std(l)
+        .map_err(|source| ServerError::Start { what: "the HTTP listener", source })?;
+    if let Some(a) = addr {
+        tracing::info!(transport = "http", addr = %a, "listening (/metrics, /api, /healthz)");
+        listening.push(("http", a.to_string()));
+    }
+    state.listening = listening.clone();
+    Ok(http::spawn(l, state, stop.clone()))
+}
 
-    // Upkeep: ticks, periodic snapshots, key reloads on SIGHUP.
-    let upkeep = {
-        let engine = engine.clone();
-        let pipeline = pipeline.clone();
-        let metrics = metrics.clone();
-        let dir = cfg.data_dir.clone();
-        let snap_every =
-            (cfg.snapshot && !cfg.snapshot_interval.is_zero()).then_some(cfg.snapshot_interval);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_snap = Instant::now();
-            loop {
-                tick.tick().await;
-                engine.tick(now_ms());
+/// Phase 6: once a second the engine's tick (online/offline, series
+/// expiry), every `snapshot_interval` a snapshot, and a keys reload on
+/// SIGHUP; until the stop signal, which it sees only between two of these,
+/// so a snapshot in progress is always finished.
+async fn upkeep(
+    snap_every: Option<Duration>,
+    saver: Arc<Saver>,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hup = Hangup::new();
+    let mut last_snap = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup.recv() => reload_keys(pipeline.policy()),
+            _ = tick.tick() => {
+                saver.engine.tick(now_ms());
                 if snap_every.is_some_and(|every| last_snap.elapsed() >= every) {
                     last_snap = Instant::now();
-                    let (engine, metrics, dir) = (engine.clone(), metrics.clone(), dir.clone());
-                    let pipeline = pipeline.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        save(&engine, pipeline.policy(), &metrics, &dir)
-                    })
-                    .await;
-                }
-            }
-        })
-    };
-    let hup = spawn_sighup(pipeline.clone());
-
-    shutdown.await;
-    tracing::info!("shutting down: draining sockets");
-    stop.store(true, Ordering::Relaxed);
-    for h in udp_threads {
-        let _ = tokio::task::spawn_blocking(move || h.join()).await;
-    }
-    if let Some(q) = quic {
-        q.shutdown().await;
-    }
-    // Publish what is still buffered (for a few seconds at most).
-    let _ = fw_stop_tx.send(true);
-    if let Some(t) = forward_task {
-        // The task itself gives up after FORWARD_DRAIN and counts what it
-        // could not publish; this timeout only guards against a bug there.
-        let _ = tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), t).await;
-    }
-    upkeep.abort();
-    if let Some(h) = hup {
-        h.abort();
-    }
-    let _ = http_stop_tx.send(());
-    if let Some(t) = http_task {
-        let _ = tokio::time::timeout(Duration::from_millis(500), t).await;
-    }
-    engine.tick(now_ms());
-    let snapshot = if cfg.snapshot {
-        let (e, m, d) = (engine.clone(), metrics.clone(), cfg.data_dir.clone());
-        let p = pipeline.clone();
-        tokio::task::spawn_blocking(move || {
-            save(&e, p.policy(), &m, &d).then(|| d.join(snapshot::FILE))
-        })
-        .await
-        .ok()
-        .flatten()
-    } else {
-        None
-    };
-    let summary = engine.summary();
-    let t = &summary.totals;
-    tracing::info!(
-        devices = summary.devices,
-        positions = t.records[0],
-        monitoring = t.records[1],
-        events = t.records[2],
-        lost = t.lost(),
-        duplicates = t.duplicates,
-        reordered = t.reordered,
-        snapshot = ?snapshot,
-        "stopped"
-    );
-    Ok(RunSummary { summary, snapshot })
-}
-
-/// How long a stopping server keeps publishing buffered records to NATS.
-const FORWARD_DRAIN: Duration = Duration::from_secs(2);
-
-/// Writes the anti-replay windows and a snapshot, counting the outcome.
-/// Returns whether it worked.
-fn save(engine: &Engine, policy: &Policy, metrics: &Metrics, dir: &std::path::Path) -> bool {
-    let t = Instant::now();
-    if let Err(e) = policy.replay_windows().save(dir) {
-        metrics.snapshot_failures.increment(1);
-        tracing::error!(error = %e, "saving the anti-replay windows failed");
-        return false;
-    }
-    match snapshot::write_engine(engine, dir, now_ms()) {
-        Ok((bytes, devices)) => {
-            metrics.snapshots.increment(1);
-            tracing::debug!(devices, bytes, elapsed = ?t.elapsed(), "snapshot written");
-            true
-        }
-        Err(e) => {
-            metrics.snapshot_failures.increment(1);
-            tracing::error!(error = %e, "snapshot failed");
-            false
-        }
-    }
-}
-
-#[cfg(unix)]
-fn spawn_sighup(pipeline: Arc<Pipeline>) -> Option<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).ok()?;
-    Some(tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            match pipeline.policy().reload_keys() {
-                Ok(n) => {
-                    pipeline.metrics().key_reloads_ok.increment(1);
-                    pipeline.metrics().keys_loaded.set(n as f64);
-                    tracing::info!(keys = n, "reloaded device keys (SIGHUP)");
-                }
-                Err(e) => {
-                    pipeline.metrics().key_reloads_failed.increment(1);
-                    tracing::error!(error = %e, "keys reload failed; keeping the previous keys");
+                    saver.save_async().await;
                 }
             }
         }
-    }))
+    }
 }
 
-#[cfg(not(unix))]
-fn spawn_sighup(_: Arc<Pipeline>) -> Option<tokio::task::JoinHandle<()>> {
-    None
+fn reload_keys(policy: &Policy) {
+    match policy.reload_keys() {
+        Ok(n) => tracing::info!(keys = n, "reloaded device keys (SIGHUP)"),
+        Err(e) => tracing::error!(error = %e, "keys reload failed; keeping the previous keys"),
+    }
+}
+
+/// SIGHUP, where there is such a thing.
+struct Hangup {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Hangup { signal: signal(SignalKind::hangup()).ok() }
+        }
+        #[cfg(not(unix))]
+        Hangup {}
+    }
+
+    /// Resolves at the next SIGHUP (never, without signals).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

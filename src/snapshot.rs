@@ -11,56 +11,40 @@
 //! A file that is truncated, fails its CRC or does not parse is moved aside
 //! (`state.snapshot.corrupt-<unix time>`) and the server starts empty.
 
-use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Device, Engine, ShardTotals};
+use crate::store::{self, StoreError};
 
 const MAGIC: &[u8; 8] = b"FWSNAP02";
 const END: u32 = u32::MAX;
 /// Name of the snapshot file in the data dir.
-pub const FILE: &str = "state.snapshot";
+pub(crate) const FILE: &str = "state.snapshot";
 
 /// What is saved.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// When it was taken, Unix ms.
     pub taken_ms: u64,
     /// Fleet counters, so Prometheus counters continue instead of resetting.
-    pub totals: ShardTotals,
+    pub(crate) totals: ShardTotals,
     /// Every tracked device.
-    pub devices: Vec<Device>,
+    pub(crate) devices: Vec<Device>,
 }
 
-/// Why a snapshot could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// Reading or writing the file failed.
-    #[error("snapshot {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The file is not a snapshot, is truncated or fails its checksum.
-    #[error("snapshot {path} is corrupt ({reason}); moved aside to {aside}")]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-        /// Where it was moved.
-        aside: PathBuf,
-    },
+impl Snapshot {
+    /// Devices in the snapshot.
+    pub(crate) fn device_count(&self) -> usize {
+        self.devices.len()
+    }
 }
 
 /// Collects the engine's state (all of it in memory: for tests and tools;
 /// the server writes with [`write_engine`]).
-pub fn take(engine: &Engine, now_ms: u64) -> Snapshot {
+pub(crate) fn take(engine: &Engine, now_ms: u64) -> Snapshot {
     let mut devices = Vec::new();
     engine.for_each_shard(|s| devices.extend(s.devices().iter().cloned()));
     Snapshot { taken_ms: now_ms, totals: engine.summary().totals, devices }
@@ -92,74 +76,52 @@ impl<W: Write> BodyWriter<W> {
     }
 }
 
-/// Writes a snapshot file from a header and devices produced shard by shard.
+/// Writes a snapshot file from a header and devices produced shard by
+/// shard. Returns the bytes written.
 fn write_with(
     dir: &Path,
     taken_ms: u64,
     totals: &ShardTotals,
     each_shard: impl FnOnce(&mut dyn FnMut(Vec<Device>) -> std::io::Result<()>) -> std::io::Result<()>,
-) -> Result<usize, SnapshotError> {
+) -> Result<usize, StoreError> {
     use std::io::{Seek, SeekFrom};
-    let path = dir.join(FILE);
-    let io = |source| SnapshotError::Io { path: path.clone(), source };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let file = File::create(&tmp).map_err(io)?;
-    let mut w = BodyWriter { out: std::io::BufWriter::new(file), crc: 0, bytes: 0 };
-    w.out.write_all(MAGIC).map_err(io)?;
-    w.out.write_all(&[0u8; 4]).map_err(io)?;
-    let mut scratch = Vec::new();
-    w.record(&(taken_ms, totals), &mut scratch).map_err(io)?;
-    each_shard(&mut |devices: Vec<Device>| {
-        for d in &devices {
-            w.record(d, &mut scratch)?;
-        }
-        Ok(())
-    })
-    .map_err(io)?;
-    w.raw(&END.to_le_bytes()).map_err(io)?;
-    let (crc, bytes) = (w.crc, w.bytes);
-    let mut file = w.out.into_inner().map_err(|e| io(e.into_error()))?;
-    file.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io)?;
-    file.write_all(&crc.to_le_bytes()).map_err(io)?;
-    install(file, &tmp, &path, dir).map_err(io)?;
-    Ok(bytes + 12)
-}
-
-/// Makes the written temporary `file` (at `tmp`) durable and moves it over
-/// `path` in `dir`, so that a crash leaves the old file or the new one.
-pub(crate) fn install(file: File, tmp: &Path, path: &Path, dir: &Path) -> std::io::Result<()> {
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(tmp, path)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// The bytes of `dir/name`, or `None` when there is no such file.
-pub(crate) fn read_if_exists(dir: &Path, name: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
-    let path = dir.join(name);
-    match std::fs::read(&path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SnapshotError::Io { path, source }),
-    }
+    let mut written = 0;
+    store::write_atomic(dir, FILE, |file| {
+        let mut w = BodyWriter { out: std::io::BufWriter::new(file), crc: 0, bytes: 0 };
+        w.out.write_all(MAGIC)?;
+        w.out.write_all(&[0u8; 4])?;
+        let mut scratch = Vec::new();
+        w.record(&(taken_ms, totals), &mut scratch)?;
+        each_shard(&mut |devices: Vec<Device>| {
+            for d in &devices {
+                w.record(d, &mut scratch)?;
+            }
+            Ok(())
+        })?;
+        w.raw(&END.to_le_bytes())?;
+        let (crc, bytes) = (w.crc, w.bytes);
+        let mut file = w.out.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+        file.write_all(&crc.to_le_bytes())?;
+        written = bytes + 12;
+        Ok(file)
+    })?;
+    Ok(written)
 }
 
 /// Writes a snapshot atomically into `dir`. Returns the bytes written.
-pub fn write(dir: &Path, snap: &Snapshot) -> Result<usize, SnapshotError> {
+#[cfg(test)]
+pub(crate) fn write(dir: &Path, snap: &Snapshot) -> Result<usize, StoreError> {
     write_with(dir, snap.taken_ms, &snap.totals, |f| f(snap.devices.clone()))
 }
 
 /// Writes the engine's state atomically into `dir`, one shard at a time.
 /// Returns the bytes written and the number of devices.
-pub fn write_engine(
+pub(crate) fn write_engine(
     engine: &Engine,
     dir: &Path,
     now_ms: u64,
-) -> Result<(usize, usize), SnapshotError> {
+) -> Result<(usize, usize), StoreError> {
     let totals = engine.summary().totals;
     let mut count = 0;
     let bytes = write_with(dir, now_ms, &totals, |f| {
@@ -176,58 +138,48 @@ pub fn write_engine(
 }
 
 /// Reads the snapshot in `dir`, if there is one. A corrupt file is moved
-/// aside and reported as [`SnapshotError::Corrupt`].
-pub fn read(dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
-    let Some(bytes) = read_if_exists(dir, FILE)? else { return Ok(None) };
-    let parsed = (|| {
-        let rest = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or("not a fleetwire snapshot (or an older format)")?;
-        let (crc, mut body) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
-        if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
-            return Err("checksum mismatch (truncated or damaged)");
-        }
-        let mut next = || -> Result<Option<&[u8]>, &'static str> {
-            let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated record")?;
-            let len = u32::from_le_bytes(*len);
-            if len == END {
-                return Ok(None);
-            }
-            let len = len as usize;
-            if len > rest.len() {
-                return Err("truncated record");
-            }
-            let (rec, rest) = rest.split_at(len);
-            body = rest;
-            Ok(Some(rec))
-        };
-        let head = next()?.ok_or("no header record")?;
-        let (taken_ms, totals): (u64, ShardTotals) =
-            postcard::from_bytes(head).map_err(|_| "header does not parse")?;
-        let mut devices = Vec::new();
-        while let Some(rec) = next()? {
-            devices.push(
-                postcard::from_bytes::<Device>(rec)
-                    .map_err(|_| "a device record does not parse")?,
-            );
-        }
-        Ok(Snapshot { taken_ms, totals, devices })
-    })();
-    match parsed {
+/// aside and reported as [`StoreError::Corrupt`].
+pub(crate) fn read(dir: &Path) -> Result<Option<Snapshot>, StoreError> {
+    let Some(bytes) = store::read_if_exists(dir, FILE)? else { return Ok(None) };
+    match parse(&bytes) {
         Ok(s) => Ok(Some(s)),
-        Err(reason) => Err(move_aside(dir, FILE, reason)),
+        Err(reason) => Err(store::move_aside(dir, FILE, reason)),
     }
 }
 
-/// Moves the damaged file `dir/name` aside (`<name>.corrupt-<unix time>`)
-/// and says so; if it cannot be moved, the I/O error.
-pub(crate) fn move_aside(dir: &Path, name: &str, reason: &str) -> SnapshotError {
-    let path = dir.join(name);
-    let aside = dir.join(format!("{name}.corrupt-{}", crate::now_ms() / 1000));
-    match std::fs::rename(&path, &aside) {
-        Ok(()) => SnapshotError::Corrupt { path, reason: reason.into(), aside },
-        Err(source) => SnapshotError::Io { path, source },
+/// Parses a snapshot file's bytes.
+fn parse(bytes: &[u8]) -> Result<Snapshot, &'static str> {
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or("not a fleetwire snapshot (or an older format)")?;
+    let (crc, mut body) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
+    if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
+        return Err("checksum mismatch (truncated or damaged)");
     }
+    let mut next = || -> Result<Option<&[u8]>, &'static str> {
+        let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated record")?;
+        let len = u32::from_le_bytes(*len);
+        if len == END {
+            return Ok(None);
+        }
+        let len = len as usize;
+        if len > rest.len() {
+            return Err("truncated record");
+        }
+        let (rec, rest) = rest.split_at(len);
+        body = rest;
+        Ok(Some(rec))
+    };
+    let head = next()?.ok_or("no header record")?;
+    let (taken_ms, totals): (u64, ShardTotals) =
+        postcard::from_bytes(head).map_err(|_| "header does not parse")?;
+    let mut devices = Vec::new();
+    while let Some(rec) = next()? {
+        devices.push(
+            postcard::from_bytes::<Device>(rec).map_err(|_| "a device record does not parse")?,
+        );
+    }
+    Ok(Snapshot { taken_ms, totals, devices })
 }
 
 #[cfg(test)]
@@ -293,7 +245,7 @@ mod tests {
         }] {
             std::fs::write(&path, &damaged).unwrap();
             match read(dir.path()) {
-                Err(SnapshotError::Corrupt { aside, .. }) => {
+                Err(StoreError::Corrupt { aside, .. }) => {
                     assert!(aside.exists());
                     assert!(!path.exists());
                     std::fs::remove_file(aside).unwrap();

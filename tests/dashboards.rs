@@ -159,7 +159,7 @@ fn dashboard_structure() {
 
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
-    let s = Server::start(&["--series-ttl", "10m"]);
+    let s = Server::in_process(&["--series-ttl", "10m"]);
     let tmp = tempfile::tempdir().unwrap();
 
     // A fleet over UDP and one over QUIC, running while Prometheus scrapes,

@@ -75,7 +75,7 @@ fn a_hundred_thousand_random_datagrams_are_all_refused_and_counted() {
     let s = Server::start(&[]);
     let sock = udp_sender();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xbad);
-    let rss_before = rss_bytes(s.child.id());
+    let rss_before = rss_bytes(s.pid());
     let datagrams = (0..100_000).map(|_| {
         let len = rng.random_range(0..=65_507usize);
         let mut d = vec![0u8; len];
@@ -96,7 +96,7 @@ fn a_hundred_thousand_random_datagrams_are_all_refused_and_counted() {
         metric_sum(&m, "fleetwire_datagrams_rejected_total", &[("reason", "too_long")]) > 90_000.0
     );
     assert_eq!(s.json("/healthz")["status"], "ok");
-    let grown = rss_bytes(s.child.id()).saturating_sub(rss_before);
+    let grown = rss_bytes(s.pid()).saturating_sub(rss_before);
     assert!(grown < 32 << 20, "resident memory grew by {grown} bytes");
     // And it still takes real traffic.
     sock.send_to(&bytes(&position(1, 0)), s.udp).unwrap();
@@ -184,7 +184,7 @@ fn authenticated_udp_refuses_replays_and_forgeries() {
     // SIGHUP reloads the keys file without a restart.
     std::fs::write(&keys, format!("42 {KEY42}\n43 {}\n", hex::encode(b"device forty-three key")))
         .unwrap();
-    unsafe_kill(s.child.id(), "HUP");
+    unsafe_kill(s.pid(), "HUP");
     s.wait_until(10, "keys reloaded", |s| {
         s.metric("fleetwire_key_reloads_total", &[("result", "ok")]) == 1.0
     });
@@ -193,7 +193,7 @@ fn authenticated_udp_refuses_replays_and_forgeries() {
     assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 9.0);
     // A broken keys file keeps the old keys.
     std::fs::write(&keys, "this is not a keys file\n").unwrap();
-    unsafe_kill(s.child.id(), "HUP");
+    unsafe_kill(s.pid(), "HUP");
     s.wait_until(10, "reload failure", |s| {
         s.metric("fleetwire_key_reloads_total", &[("result", "failed")]) == 1.0
     });
@@ -212,7 +212,7 @@ fn optional_auth_lets_keyless_devices_in_and_keeps_keyed_ones_signed() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::write(&keys, format!("42 {KEY42}\n")).unwrap();
-    let s = Server::start(&["--udp-auth", "optional", "--keys-file", keys.to_str().unwrap()]);
+    let s = Server::in_process(&["--udp-auth", "optional", "--keys-file", keys.to_str().unwrap()]);
     let key = hex::decode(KEY42).unwrap();
     let sock = udp_sender();
     let mut n = 0;
@@ -255,7 +255,7 @@ fn replay_protection_survives_eviction_late_hellos_and_restarts() {
         )
     };
     let sock = udp_sender();
-    let s = Server::start_in(&data, &args);
+    let s = Server::in_process_in(&data, &args);
     let send = |s: &Server, d: Vec<u8>| {
         let n = s.received("udp");
         sock.send_to(&d, s.udp).unwrap();
@@ -292,10 +292,9 @@ fn replay_protection_survives_eviction_late_hellos_and_restarts() {
     assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 8.0 + 400.0 + 1.0);
 
     // Across a restart (the windows are saved with the snapshot).
-    let (st, _) = s.terminate();
-    assert!(st.success());
+    s.stop();
     assert!(data.join("replay.state").exists());
-    let s = Server::start_in(&data, &args);
+    let s = Server::in_process_in(&data, &args);
     send(&s, signed(&position(42, 9), &key));
     send(&s, captured[4].clone());
     assert_eq!(replays(&s), 2);
@@ -304,10 +303,9 @@ fn replay_protection_survives_eviction_late_hellos_and_restarts() {
 
     // Without the replay file, the engine's snapshot still bounds what
     // device 42 sent (it is tracked again since frame 9).
-    let (st, _) = s.terminate();
-    assert!(st.success());
+    s.stop();
     std::fs::remove_file(data.join("replay.state")).unwrap();
-    let s = Server::start_in(&data, &args);
+    let s = Server::in_process_in(&data, &args);
     send(&s, signed(&position(42, 10), &key));
     send(&s, captured[0].clone());
     assert_eq!(replays(&s), 2);
@@ -317,7 +315,7 @@ fn replay_protection_survives_eviction_late_hellos_and_restarts() {
 
 #[test]
 fn a_source_at_ten_times_its_quota_gets_its_quota() {
-    let s = Server::start(&["--rate-limit-source", "100", "--rate-limit-burst", "50"]);
+    let s = Server::in_process(&["--rate-limit-source", "100", "--rate-limit-burst", "50"]);
     let noisy = UdpSocket::bind("127.0.0.1:0").unwrap();
     let quiet = UdpSocket::bind("127.0.0.2:0").unwrap();
     let start = Instant::now();
@@ -358,7 +356,7 @@ fn a_source_at_ten_times_its_quota_gets_its_quota() {
 
 #[test]
 fn a_device_at_ten_times_its_quota_gets_its_quota() {
-    let s = Server::start(&["--rate-limit-device", "50", "--rate-limit-burst", "20"]);
+    let s = Server::in_process(&["--rate-limit-device", "50", "--rate-limit-burst", "20"]);
     let sock = udp_sender();
     let start = Instant::now();
     let (mut loud, mut quiet) = (0u32, 0u32);
@@ -420,7 +418,7 @@ fn a_million_device_ids_stay_within_the_caps() {
         }
     });
     let mut checked = 0;
-    let base_rss = rss_bytes(s.child.id());
+    let base_rss = rss_bytes(s.pid());
     let mut sent = 0u64;
     for chunk in datagrams.collect::<Vec<_>>().chunks(100_000) {
         sent += send_paced(&s, &sock, chunk.iter().cloned(), 512);
@@ -440,7 +438,7 @@ fn a_million_device_ids_stay_within_the_caps() {
             + metric_sum(&m, "fleetwire_devices", &[]),
         1_000_000.0
     );
-    let grown = rss_bytes(s.child.id()).saturating_sub(base_rss);
+    let grown = rss_bytes(s.pid()).saturating_sub(base_rss);
     assert!(
         grown < 200 << 20,
         "resident memory grew by {} MiB for 50,000 tracked devices",
@@ -451,7 +449,7 @@ fn a_million_device_ids_stay_within_the_caps() {
 #[test]
 fn soak_sent_equals_accepted_plus_refused_plus_kernel_drops() {
     let secs: u64 = std::env::var("SOAK_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-    let s = Server::start(&["--udp-recv-buffer", "262144"]);
+    let s = Server::in_process(&["--udp-recv-buffer", "262144"]);
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("soak.fwrec");
     // A capture with some corrupted datagrams, replayed as fast as the
@@ -566,4 +564,82 @@ fn a_corrupt_snapshot_is_set_aside_and_the_server_starts_fresh() {
     assert!(st.success());
     let s = Server::start_in(dir.path(), &[]);
     assert_eq!(s.json("/api/summary")["devices"], 1);
+}
+
+/// SIGTERM while a periodic snapshot is being written: the final snapshot
+/// waits for it instead of writing the same temporary file at the same
+/// time, so the file is never a mix of two and every restart restores
+/// every device. (Before, the upkeep task was aborted, which does not stop
+/// a save already running on a blocking thread.)
+#[test]
+fn sigterm_during_a_periodic_snapshot_keeps_every_device() {
+    const DEVICES: u64 = 200_000;
+    const STOPS: u32 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--snapshot-interval", "1s", "--quic-listen", "off"];
+    let s = Server::start_in(dir.path(), &args);
+    // Every device sends one fix; resend until every device is in.
+    let mut sent = 0;
+    for _ in 0..5 {
+        let out = fleetwire(&[
+            "bench",
+            "flood",
+            "--target",
+            &s.udp.to_string(),
+            "--ids",
+            &DEVICES.to_string(),
+            "--rate",
+            "100000",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        sent += DEVICES;
+        s.wait_until(60, "the flood to be read", |s| {
+            let drops = s.metric("fleetwire_udp_receive_buffer_drops_total", &[]) as u64;
+            s.received("udp") + drops >= sent
+        });
+        if s.json("/api/summary")["devices"] == DEVICES {
+            break;
+        }
+    }
+    assert_eq!(s.json("/api/summary")["devices"], DEVICES);
+    let (st, _) = s.terminate();
+    assert!(st.success());
+
+    let tmp = dir.path().join("state.snapshot.tmp");
+    let restored = |s: &Server| {
+        let log = s.log_text();
+        log.lines()
+            .find(|l| l.contains("restored device state"))
+            .and_then(|l| l.split("devices=").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // How long a periodic snapshot takes: from its temporary file
+    // appearing to its being renamed.
+    let mut took = Duration::from_millis(200);
+    for i in 0..=STOPS {
+        let s = Server::start_in(dir.path(), &args);
+        assert_eq!(restored(&s), DEVICES, "restart {i} lost devices:\n{}", s.log_text());
+        if i == STOPS {
+            break;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !tmp.exists() {
+            assert!(Instant::now() < deadline, "no periodic snapshot started");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let started = Instant::now();
+        if i == 0 {
+            while tmp.exists() && started.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            took = started.elapsed();
+        } else {
+            // Spread the signal over the snapshot: at i/STOPS of its time.
+            std::thread::sleep(took.mul_f64(f64::from(i) / f64::from(STOPS)));
+        }
+        let (st, _) = s.terminate();
+        assert!(st.success(), "stop {i}: {st:?}");
+    }
 }

@@ -94,7 +94,7 @@ fn settle(s: &Server) {
 #[test]
 fn records_published_equal_records_accepted() {
     let nats = Nats::start();
-    let s = Server::start(&["--forward-nats-url", &nats.url()]);
+    let s = Server::in_process(&["--forward-nats-url", &nats.url()]);
     s.wait_until(20, "NATS connection", |s| forward(s)["connected"] == true);
     let r = sim(&[
         "--target",
@@ -149,7 +149,7 @@ fn records_published_equal_records_accepted() {
 #[test]
 fn a_nats_restart_mid_stream_loses_only_what_the_buffer_policy_allows() {
     let mut nats = Nats::start();
-    let s = Server::start(&["--forward-nats-url", &nats.url(), "--forward-nats-buffer", "500"]);
+    let s = Server::in_process(&["--forward-nats-url", &nats.url(), "--forward-nats-buffer", "500"]);
     s.wait_until(20, "NATS connection", |s| forward(s)["connected"] == true);
     let load = Command::new(BIN)
         .args([
@@ -214,7 +214,7 @@ fn a_nats_restart_mid_stream_loses_only_what_the_buffer_policy_allows() {
 #[test]
 fn tail_prints_what_sim_sent() {
     let nats = Nats::start();
-    let s = Server::start(&[
+    let s = Server::in_process(&[
         "--forward-nats-url",
         &nats.url(),
         "--forward-nats-subject-prefix",

@@ -15,7 +15,7 @@ fn dev_ca(s: &Server) -> String {
 
 #[test]
 fn datagrams_and_streams_from_many_devices_give_exact_counts() {
-    let s = Server::start(&[]);
+    let s = Server::in_process(&[]);
     let quic = s.quic.unwrap().to_string();
     let ca = dev_ca(&s);
     let r = sim(&[
@@ -132,7 +132,7 @@ fn sim_raw(args: &[&str]) -> std::process::Output {
 fn mutual_tls_accepts_our_devices_and_refuses_others() {
     let pki = Pki::new();
     let foreign = Pki::new();
-    let s = Server::start(&[
+    let s = Server::in_process(&[
         "--quic-cert",
         &pki.path("server.pem"),
         "--quic-key",
@@ -276,8 +276,8 @@ fn frame(device: u32, seq: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_frame_on_a_stream_spoils_nothing_else() {
-    let s = Server::start(&[]);
-    let cfg = fleetwire::transport::quic::client_config(Path::new(&dev_ca(&s)), None).unwrap();
+    let s = Server::in_process(&[]);
+    let cfg = fleetwire::sim::quic::client_config(Path::new(&dev_ca(&s)), None).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(cfg);
     let conn = ep.connect(s.quic.unwrap(), "localhost").unwrap().await.unwrap();
@@ -329,7 +329,7 @@ async fn a_corrupted_frame_on_a_stream_spoils_nothing_else() {
 
 #[test]
 fn interop_with_aioquic() {
-    let s = Server::start(&[]);
+    let s = Server::in_process(&[]);
     let script = format!("{}/tests/interop/aioquic_client.py", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("python3")
         .arg(&script)
@@ -357,9 +357,38 @@ fn interop_with_aioquic() {
     assert_eq!(d["readings"][0]["name"], "interop");
 }
 
+/// A client offering another ALPN (`h3`), or none, is refused and counted
+/// as `reason="alpn"`: classified from the TLS alert, not from the text of
+/// an error message (which counted it as `other`).
+#[test]
+fn a_wrong_or_missing_alpn_is_refused_and_counted_as_alpn() {
+    let s = Server::in_process(&[]);
+    let script = format!("{}/tests/interop/aioquic_client.py", env!("CARGO_MANIFEST_DIR"));
+    for alpn in ["h3", "none"] {
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .args(["--port", &s.quic.unwrap().port().to_string(), "--ca", &dev_ca(&s)])
+            .args(["--alpn", alpn])
+            .output()
+            .expect("python3 with aioquic (scripts/setup.sh installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["refused"], true, "ALPN {alpn}: {r}");
+    }
+    s.wait_until(10, "two handshake failures", |s| {
+        s.metric("fleetwire_quic_handshake_failures_total", &[]) >= 2.0
+    });
+    let m = s.metrics();
+    let failures = |reason| {
+        metric_sum(&m, "fleetwire_quic_handshake_failures_total", &[("reason", reason)])
+    };
+    assert_eq!((failures("alpn"), failures("other")), (2.0, 0.0), "{m}");
+    assert_eq!(metric_sum(&m, "fleetwire_datagrams_received_total", &[("transport", "quic")]), 0.0);
+}
+
 #[test]
 fn address_validation_and_the_connection_limit() {
-    let s = Server::start(&["--quic-retry", "true", "--quic-max-connections", "3"]);
+    let s = Server::in_process(&["--quic-retry", "true", "--quic-max-connections", "3"]);
     let quic = s.quic.unwrap().to_string();
     let ca = dev_ca(&s);
     // With Retry, handshakes take one more round trip and still succeed.

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 #[test]
 fn many_devices_valid_traffic_gives_exact_counts() {
-    let s = Server::start(&[]);
+    let s = Server::in_process(&[]);
     let target = s.udp.to_string();
     let r = sim(&[
         "--target",
@@ -66,7 +66,7 @@ fn many_devices_valid_traffic_gives_exact_counts() {
 
 #[test]
 fn every_invalid_vector_is_refused_with_its_reason() {
-    let s = Server::start(&[]);
+    let s = Server::in_process(&[]);
     let sock = udp_sender();
     let invalid = vectors("invalid.json");
     let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
@@ -111,7 +111,7 @@ fn every_invalid_vector_is_refused_with_its_reason() {
 
 #[test]
 fn injected_faults_are_counted_exactly() {
-    let s = Server::start(&[]);
+    let s = Server::in_process(&[]);
     let target = s.udp.to_string();
     let r = sim(&[
         "--target",
@@ -172,7 +172,7 @@ fn send(s: &Server, device: &str, seq: u32, args: &[&str]) {
 
 #[test]
 fn a_gps_jump_is_filtered_and_the_odometer_is_unaffected() {
-    let s = Server::start(&[]);
+    let s = Server::in_process(&[]);
     let now = common_now_ms();
     let ts = |i: u64| (now - 60_000 + i * 1000).to_string();
     // 100 m north per second for 4 s, then a jump to Berlin, then on as before.
@@ -246,7 +246,7 @@ fn common_now_ms() -> u64 {
 
 #[test]
 fn a_silent_device_loses_its_series_after_the_ttl() {
-    let s = Server::start(&["--series-ttl", "2s", "--offline-after", "1s"]);
+    let s = Server::in_process(&["--series-ttl", "2s", "--offline-after", "1s"]);
     send(&s, "5", 0, &["position", "--lat", "48.1", "--lon", "11.5"]);
     send(&s, "6", 0, &["monitoring", "--battery", "50", "--reading", "temp=4.5"]);
     s.wait_received("udp", 2);
@@ -271,7 +271,7 @@ fn a_silent_device_loses_its_series_after_the_ttl() {
 
 #[test]
 fn promtool_check_metrics_is_clean_on_live_metrics() {
-    let s = Server::start(&[]);
+    let s = Server::in_process(&[]);
     let target = s.udp.to_string();
     let r = sim(&[
         "--target",
@@ -492,7 +492,7 @@ fn decode_prints_frames_and_refusals() {
 fn record_then_replay_reproduces_the_accepted_counts() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("run.fwrec");
-    let a = Server::start(&[]);
+    let a = Server::in_process(&[]);
     let r = sim(&[
         "--target",
         &a.udp.to_string(),
@@ -516,7 +516,7 @@ fn record_then_replay_reproduces_the_accepted_counts() {
         rec.to_str().unwrap(),
     ]);
     a.wait_received("udp", r["sent"].as_u64().unwrap());
-    let b = Server::start(&[]);
+    let b = Server::in_process(&[]);
     let out = fleetwire(&[
         "replay",
         rec.to_str().unwrap(),
@@ -545,7 +545,7 @@ fn record_then_replay_reproduces_the_accepted_counts() {
 
 #[test]
 fn send_of_each_kind_shows_up_in_the_api() {
-    let s = Server::start(&[]);
+    let s = Server::in_process(&[]);
     let state = tempfile::tempdir().unwrap();
     let target = s.udp.to_string();
     let st = state.path().to_str().unwrap();

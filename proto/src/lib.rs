@@ -89,3 +89,6 @@ pub const MAX_EVENT_TEXT_LEN: usize = 64;
 pub const MAX_HELLO_TEXT_LEN: usize = 32;
 /// The most samples one Batch may carry.
 pub const MAX_BATCH_SAMPLES: usize = 128;
+/// The QUIC application protocol (ALPN) of fleetwire frames over QUIC
+/// (PROTOCOL.md section 8): the only one a server accepts.
+pub const QUIC_ALPN: &[u8] = b"fleetwire/1";

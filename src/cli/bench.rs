@@ -5,10 +5,8 @@
 //! * `flood`: sends frames from many distinct device ids (for the memory
 //!   measurements) without keeping them in memory.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
@@ -16,11 +14,14 @@ use fleetwire_proto::{
     Body, FixType, Frame, MAX_FRAME_LEN, Monitoring, Position, Reading, Seq, encode,
 };
 
-use super::sim::resolve;
+use super::common::resolve;
+use crate::sim::udp::BatchSender;
+use crate::transport::sys;
+use crate::transport::udp::{SLOT, bind_for, inode, kernel_drops};
 
 /// Benchmark tools.
 #[derive(Debug, Subcommand)]
-pub enum BenchCommand {
+pub(crate) enum BenchCommand {
     /// Count datagrams with recvmmsg and nothing else; print JSON when idle.
     Sink {
         /// Address to listen on.
@@ -66,7 +67,7 @@ pub enum BenchCommand {
 }
 
 /// CPU seconds (user + system) this process has used.
-pub fn self_cpu_seconds() -> f64 {
+pub(crate) fn self_cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -88,7 +89,7 @@ fn id_for(i: u64, seed: u32) -> u32 {
 }
 
 /// Runs a bench command.
-pub fn main(c: BenchCommand) -> ExitCode {
+pub(crate) fn main(c: BenchCommand) -> ExitCode {
     match c {
         BenchCommand::Sink { listen, recv_buffer, batch, idle, max_seconds } => {
             sink(listen, recv_buffer, batch, idle, max_seconds)
@@ -111,21 +112,20 @@ fn sink(
     idle: f64,
     max_seconds: f64,
 ) -> ExitCode {
-    let bound = match crate::transport::udp::bind(listen, recv_buffer, false) {
+    let bound = match bind_for("bench sink", listen, recv_buffer, false) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("fleetwire bench sink: {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let inode = crate::transport::udp::inode(&bound.socket);
+    let inode = inode(&bound.socket);
     let addr = bound.socket.local_addr().ok();
     eprintln!("sink listening on {addr:?}");
-    let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = self_cpu_seconds();
-    let counted = crate::transport::udp::count_only(&bound.socket, batch, &stop, idle, max_seconds);
+    let counted = count_only(&bound.socket, batch, idle, max_seconds);
     let cpu = self_cpu_seconds() - cpu0;
-    let drops = inode.map_or(0, |i| crate::transport::udp::kernel_drops(&[i]));
+    let drops = inode.map_or(0, |i| kernel_drops(&[i]));
     let v = serde_json::json!({
         "received": counted.datagrams,
         "bytes": counted.bytes,
@@ -149,7 +149,7 @@ fn flood(
     let frames = if names.is_empty() { 1 } else { frames.max(1) };
     const BATCH: usize = 64;
     let start = Instant::now();
-    let sender = match crate::transport::udp::BatchSender::connect(target) {
+    let sender = match BatchSender::connect(target) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("fleetwire bench flood: {e}");
@@ -159,7 +159,7 @@ fn flood(
     let mut buf = vec![0u8; MAX_FRAME_LEN];
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
     let mut sent = 0u64;
-    let now = crate::now_ms();
+    let now = crate::clock::now_ms();
     let mut i = 0u64;
     let total = ids * u64::from(frames);
     while i < total {
@@ -214,6 +214,48 @@ fn flood(
         serde_json::json!({"sent": sent, "elapsed_s": el, "rate": sent as f64 / el.max(1e-9)})
     );
     ExitCode::SUCCESS
+}
+
+/// What [`count_only`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counted {
+    /// Datagrams received.
+    datagrams: u64,
+    /// Bytes received.
+    bytes: u64,
+    /// From the first datagram to the last, seconds.
+    active_seconds: f64,
+}
+
+/// The benchmark's bare receiver: reads with the same `recvmmsg` batches as
+/// the server and only counts. Returns after `idle` seconds without a
+/// datagram (once one has arrived), or after `max_seconds`.
+fn count_only(socket: &UdpSocket, batch: usize, idle: f64, max_seconds: f64) -> Counted {
+    let mut rx = sys::Batch::new(batch.clamp(1, sys::MAX_BATCH), SLOT);
+    let mut c = Counted::default();
+    let start = std::time::Instant::now();
+    let mut first: Option<std::time::Instant> = None;
+    let mut last = std::time::Instant::now();
+    while start.elapsed().as_secs_f64() < max_seconds {
+        match rx.recv(socket, true) {
+            Ok(n) if n > 0 => {
+                let now = std::time::Instant::now();
+                first.get_or_insert(now);
+                last = now;
+                c.datagrams += n as u64;
+                for i in 0..n {
+                    c.bytes += rx.get(i).0.len() as u64;
+                }
+            }
+            _ => {
+                if first.is_some() && last.elapsed().as_secs_f64() >= idle {
+                    break;
+                }
+            }
+        }
+    }
+    c.active_seconds = first.map_or(0.0, |f| (last - f).as_secs_f64());
+    c
 }
 
 #[cfg(test)]

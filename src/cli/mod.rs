@@ -6,18 +6,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{ClientAuth, Config, DEFAULT_TOML, UdpAuth};
+use crate::config::{Config, DEFAULT_TOML};
+use crate::ingest::UdpAuth;
 use crate::server::{Listeners, run, shutdown_signal};
+use crate::transport::quic::ClientAuth;
 
-pub mod bench;
-pub mod send;
-pub mod sim;
-pub mod tail;
+mod bench;
+mod common;
+mod send;
+mod sim;
+mod tail;
 
 /// Real-time telemetry ingest for IoT fleets: UDP and QUIC in, Prometheus out.
 #[derive(Debug, Parser)]
 #[command(name = "fleetwire", version, about, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -25,7 +28,7 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the ingest server (UDP 4480, QUIC 4481, HTTP 9480 by default).
     Serve(Box<ServeArgs>),
     /// Decode one datagram: hex as argument, or raw bytes on stdin.
@@ -53,12 +56,12 @@ macro_rules! config_flags {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty ),* $(,)?) => {
         /// One flag per configuration key (see `fleetwire config default`).
         #[derive(Debug, Default, Clone, clap::Args, serde::Serialize)]
-        pub struct ConfigFlags {
+        pub(crate) struct ConfigFlags {
             $(
                 $(#[doc = $doc])*
                 #[arg(long, value_name = "VALUE", help_heading = "Configuration (also FLEETWIRE_<KEY> or the config file)")]
                 #[serde(skip_serializing_if = "Option::is_none")]
-                pub $name: Option<$ty>,
+                pub(crate) $name: Option<$ty>,
             )*
         }
     };
@@ -149,11 +152,11 @@ macro_rules! nats_flags {
     ($( $(#[doc = $doc:literal])* $flag:ident => $key:ident : $ty:ty ),* $(,)?) => {
         /// One flag per `[forward.nats]` key.
         #[derive(Debug, Default, Clone, clap::Args)]
-        pub struct NatsFlags {
+        pub(crate) struct NatsFlags {
             $(
                 $(#[doc = $doc])*
                 #[arg(long, value_name = "VALUE", help_heading = "Forwarding to NATS JetStream ([forward.nats], FLEETWIRE_FORWARD__NATS__<KEY>)")]
-                pub $flag: Option<$ty>,
+                pub(crate) $flag: Option<$ty>,
             )*
         }
 
@@ -207,7 +210,7 @@ nats_flags! {
 
 /// `fleetwire serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "FLEETWIRE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -221,7 +224,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The command-line settings as a configuration layer.
-    pub fn overrides(&self) -> serde_json::Value {
+    pub(crate) fn overrides(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.flags).unwrap_or_default();
         let nats = self.nats.to_map();
         if let (false, Some(obj)) = (nats.is_empty(), v.as_object_mut()) {
@@ -231,14 +234,14 @@ impl ServeArgs {
     }
 
     /// Loads the configuration.
-    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+    pub(crate) fn load(&self) -> Result<Config, crate::config::ConfigError> {
         Config::load(self.config.as_deref(), &self.overrides())
     }
 }
 
 /// `fleetwire decode`.
 #[derive(Debug, clap::Args)]
-pub struct DecodeArgs {
+pub(crate) struct DecodeArgs {
     /// The datagram as hex (spaces allowed); raw bytes are read from stdin when absent.
     pub hex: Vec<String>,
     /// Verify the authentication tag with this key (hex).
@@ -248,7 +251,7 @@ pub struct DecodeArgs {
 
 /// `fleetwire config ...`.
 #[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
+pub(crate) enum ConfigCommand {
     /// Print the full, commented default configuration.
     Default,
     /// Print the effective configuration (file, environment and flags applied).
@@ -257,7 +260,7 @@ pub enum ConfigCommand {
 
 /// `fleetwire certs ...`.
 #[derive(Debug, Subcommand)]
-pub enum CertsCommand {
+pub(crate) enum CertsCommand {
     /// Make a CA and a server certificate.
     Init {
         /// Output directory.
@@ -290,7 +293,7 @@ pub enum CertsCommand {
 }
 
 /// Exit code for unusable configuration.
-pub const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = 2;
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -300,6 +303,18 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The configuration `fleetwire serve <args>` would run with (flags, the
+/// `FLEETWIRE_*` environment and the `--config` file applied): what an
+/// embedding program or a test hands to [`run`](crate::server::run).
+pub fn serve_config(args: &[&str]) -> Result<Config, String> {
+    let argv = ["fleetwire", "serve"].into_iter().chain(args.iter().copied());
+    let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+    match cli.command {
+        Command::Serve(a) => a.load().map_err(|e| e.to_string()),
+        _ => Err("not a serve command line".into()),
+    }
 }
 
 /// Runs the command line; returns the process exit code.
@@ -354,26 +369,15 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let listeners = match Listeners::bind(&cfg) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("fleetwire: {e}");
-                return match e {
-                    crate::server::BindError::Config(_) => ExitCode::from(EXIT_CONFIG),
-                    _ => ExitCode::FAILURE,
-                };
-            }
+        let started = match Listeners::bind(&cfg) {
+            Ok(listeners) => run(cfg, listeners, shutdown_signal()).await,
+            Err(e) => Err(e),
         };
-        match run(cfg, listeners, shutdown_signal()).await {
+        match started {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("fleetwire: {e}");
-                match e {
-                    crate::server::BindError::Config(_) | crate::server::BindError::Keys(_) => {
-                        ExitCode::from(EXIT_CONFIG)
-                    }
-                    _ => ExitCode::FAILURE,
-                }
+                if e.is_config() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
             }
         }
     })

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 /// `fleetwire tail`.
 #[derive(Debug, clap::Args)]
-pub struct TailArgs {
+pub(crate) struct TailArgs {
     /// NATS server URL(s), comma-separated.
     #[arg(long, default_value = "nats://127.0.0.1:4222", env = "FLEETWIRE_TAIL_SERVER")]
     pub server: String,
@@ -46,7 +46,7 @@ pub struct TailArgs {
 
 /// One message as a JSON line: subject, receive time, transport and the
 /// decoded record (or why it does not decode).
-pub fn message_json(
+pub(super) fn message_json(
     subject: &str,
     headers: Option<&async_nats::HeaderMap>,
     payload: &[u8],
@@ -65,7 +65,7 @@ pub fn message_json(
 }
 
 /// Runs `tail`.
-pub fn main(a: TailArgs) -> ExitCode {
+pub(super) fn main(a: TailArgs) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use super::geo;
 use super::readings::ReadingSeries;
 use super::sequence::SeqTracker;
-use super::{EngineConfig, FilterReason, ShardTotals};
+use super::{EngineConfig, FilterReason, RecordKind, ShardTotals};
 
 /// The last accepted GNSS fix.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Fix {
+pub(crate) struct Fix {
     /// Sample time, Unix ms (device clock, or arrival time without clock).
     pub t_ms: u64,
     /// Latitude, 1e-7 degrees.
@@ -46,18 +46,18 @@ impl Fix {
         }
     }
     /// Latitude in degrees.
-    pub fn lat(&self) -> f64 {
+    pub(crate) fn lat(&self) -> f64 {
         f64::from(self.lat_e7) * 1e-7
     }
     /// Longitude in degrees.
-    pub fn lon(&self) -> f64 {
+    pub(crate) fn lon(&self) -> f64 {
         f64::from(self.lon_e7) * 1e-7
     }
 }
 
 /// Motion derived from consecutive accepted fixes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Track {
+pub(crate) struct Track {
     /// Total distance, meters (great circle between odometer anchors).
     pub odometer_m: f64,
     /// Speed between the last two accepted fixes, m/s.
@@ -77,7 +77,7 @@ pub struct Track {
 
 /// Last values of the well-known monitoring fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Health {
+pub(crate) struct Health {
     /// When the last Monitoring record was taken, Unix ms.
     pub t_ms: u64,
     /// Battery, percent.
@@ -94,7 +94,7 @@ pub struct Health {
 
 /// What a device said in its last Hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Info {
+pub(crate) struct Info {
     /// Firmware version.
     pub firmware: Box<str>,
     /// Hardware model.
@@ -105,7 +105,7 @@ pub struct Info {
 
 /// The last event a device reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastEvent {
+pub(crate) struct LastEvent {
     /// Event code.
     pub code: u16,
     /// Severity as on the wire.
@@ -116,7 +116,7 @@ pub struct LastEvent {
 
 /// Per-record-kind counters of one device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Position records.
     pub positions: u32,
     /// Monitoring records.
@@ -134,7 +134,7 @@ pub struct Counts {
 
 /// Everything the server knows about one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Device {
+pub(crate) struct Device {
     /// Device id.
     pub id: u32,
     /// First frame, server time, Unix ms.
@@ -172,7 +172,7 @@ pub struct Device {
 
 impl Device {
     /// A device seen for the first time at `now_ms`.
-    pub fn new(id: u32, now_ms: u64) -> Self {
+    pub(crate) fn new(id: u32, now_ms: u64) -> Self {
         Device {
             id,
             first_seen_ms: now_ms,
@@ -194,12 +194,12 @@ impl Device {
     }
 
     /// Whether the device sent anything in the last `offline_after_ms`.
-    pub fn online(&self, now_ms: u64, offline_after_ms: u64) -> bool {
+    pub(crate) fn online(&self, now_ms: u64, offline_after_ms: u64) -> bool {
         now_ms.saturating_sub(self.last_seen_ms) <= offline_after_ms
     }
 
     /// Heap bytes owned by this device (readings, info).
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         use super::readings::alloc_bytes;
         let r = self.readings.as_ref().map_or(0, |r| {
             alloc_bytes(std::mem::size_of::<Vec<ReadingSeries>>())
@@ -245,7 +245,7 @@ impl Device {
         totals: &mut ShardTotals,
     ) {
         self.counts.positions = self.counts.positions.saturating_add(1);
-        totals.records[0] += 1;
+        totals.records.count(RecordKind::Position);
         match self.check_position(p, t_ms, now_ms, cfg) {
             Err(reason) => {
                 self.counts.filtered = self.counts.filtered.saturating_add(1);
@@ -360,7 +360,7 @@ impl Device {
         totals: &mut ShardTotals,
     ) {
         self.counts.monitoring = self.counts.monitoring.saturating_add(1);
-        totals.records[1] += 1;
+        totals.records.count(RecordKind::Monitoring);
         if t_ms >= self.health.t_ms {
             let h = &mut self.health;
             h.t_ms = t_ms;
@@ -401,7 +401,7 @@ impl Device {
     /// Applies an Event record taken at `t_ms`.
     pub(super) fn on_event(&mut self, e: &Event<'_>, t_ms: u64, totals: &mut ShardTotals) {
         self.counts.events = self.counts.events.saturating_add(1);
-        totals.records[2] += 1;
+        totals.records.count(RecordKind::Event);
         totals.events[e.severity as usize] += 1;
         if self.last_event.is_none_or(|l| t_ms >= l.t_ms) {
             self.last_event = Some(LastEvent { code: e.code, severity: e.severity as u8, t_ms });
@@ -412,7 +412,7 @@ impl Device {
     /// its budget), new device info is not stored; the Hello still counts.
     pub(super) fn on_hello(&mut self, h: &Hello<'_>, grow: bool, totals: &mut ShardTotals) {
         self.counts.hellos = self.counts.hellos.saturating_add(1);
-        totals.records[3] += 1;
+        totals.records.count(RecordKind::Hello);
         let same = self.info.as_ref().is_some_and(|i| {
             &*i.firmware == h.firmware && &*i.model == h.model && i.capabilities == h.capabilities
         });

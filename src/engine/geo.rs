@@ -1,12 +1,12 @@
 //! Great-circle geometry on the WGS 84 mean sphere.
 
 /// Mean Earth radius in meters (IUGG).
-pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
+pub(crate) const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// Great-circle distance in meters between two points given in degrees
 /// (haversine formula; accurate to ~0.5 % against the ellipsoid, and well
 /// conditioned for the short hops between consecutive fixes).
-pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+pub(crate) fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let dp = p2 - p1;
     let dl = (lon2 - lon1).to_radians();
@@ -16,7 +16,7 @@ pub fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 
 /// Initial bearing in degrees (0 ..< 360, clockwise from true north) from
 /// the first point to the second.
-pub fn bearing_deg(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+pub(crate) fn bearing_deg(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let dl = (lon2 - lon1).to_radians();
     let y = dl.sin() * p2.cos();

@@ -13,13 +13,13 @@ use serde::{Deserialize, Serialize};
 /// a request up to a multiple of 16 bytes with an 8-byte header (32 bytes
 /// at least). Counting this keeps the reading budget close to resident
 /// memory, where small allocations (names, short series) dominate.
-pub fn alloc_bytes(n: usize) -> usize {
+pub(crate) fn alloc_bytes(n: usize) -> usize {
     if n == 0 { 0 } else { (n + 8).div_ceil(16).max(2) * 16 }
 }
 
 /// Samples of one named reading, newest last, at most `cap` of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReadingSeries {
+pub(crate) struct ReadingSeries {
     /// The reading's name as the device sends it.
     pub name: Box<str>,
     /// (sample time in Unix ms, value), in arrival order.
@@ -31,7 +31,7 @@ pub struct ReadingSeries {
 
 /// Statistics of one reading over the window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct WindowStats {
+pub(crate) struct WindowStats {
     /// The value of the newest sample (by sample time), in or out of the window.
     pub last: f64,
     /// Its sample time, Unix ms.
@@ -54,14 +54,14 @@ pub struct WindowStats {
 
 impl ReadingSeries {
     /// An empty series.
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         ReadingSeries { name: name.into(), samples: VecDeque::new(), newest_ms: 0 }
     }
 
     /// Adds a sample, dropping the oldest beyond `cap` and those older than
     /// the window before the newest sample. With `grow` false the series
     /// keeps its allocation: when it is full, the oldest sample makes room.
-    pub fn push(&mut self, t_ms: u64, value: f64, window_ms: u64, cap: usize, grow: bool) {
+    pub(crate) fn push(&mut self, t_ms: u64, value: f64, window_ms: u64, cap: usize, grow: bool) {
         self.newest_ms = self.newest_ms.max(t_ms);
         let horizon = self.newest_ms.saturating_sub(window_ms);
         while self.samples.front().is_some_and(|(t, _)| *t < horizon) {
@@ -76,25 +76,21 @@ impl ReadingSeries {
     }
 
     /// Number of stored samples.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.samples.len()
-    }
-
-    /// True when no sample is stored.
-    pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
     }
 
     /// Heap bytes used by the samples and the name, as the allocator
     /// charges them (see [`alloc_bytes`]).
-    pub fn heap_bytes(&self) -> usize {
+    pub(crate) fn heap_bytes(&self) -> usize {
         alloc_bytes(self.samples.capacity() * std::mem::size_of::<(u64, f64)>())
             + alloc_bytes(self.name.len())
     }
 
     /// Statistics over the samples taken in `[newest - window, newest]`;
     /// `None` when there is no sample at all.
-    pub fn stats(&self, window_ms: u64, scratch: &mut Vec<f64>) -> Option<WindowStats> {
+    pub(crate) fn stats(&self, window_ms: u64, scratch: &mut Vec<f64>) -> Option<WindowStats> {
         let &(last_ms, last) = self.samples.iter().max_by_key(|(t, _)| *t)?;
         let horizon = last_ms.saturating_sub(window_ms);
         scratch.clear();

@@ -4,16 +4,16 @@
 use serde::{Deserialize, Serialize};
 
 /// How many sequence numbers below the highest one are remembered.
-pub const WINDOW: u32 = 64;
+pub(crate) const WINDOW: u32 = 64;
 /// A forward jump larger than this is taken as a restart of the device's
 /// counter, not as that many lost frames.
-pub const MAX_JUMP: u32 = 65_536;
+pub(crate) const MAX_JUMP: u32 = 65_536;
 /// This many consecutive frames behind the window are taken as a restart.
-pub const STALE_RUN_RESET: u8 = 4;
+pub(crate) const STALE_RUN_RESET: u8 = 4;
 
 /// What one sequence number turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SeqOutcome {
+pub(crate) enum SeqOutcome {
     /// The first frame seen from the device.
     First,
     /// Newer than every frame so far; `gap` frames between are missing.
@@ -37,7 +37,7 @@ pub enum SeqOutcome {
 /// `bits` bit `i` set means sequence number `highest - 1 - i` has been
 /// received (or was before the device's first frame / last restart).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeqTracker {
+pub(crate) struct SeqTracker {
     started: bool,
     stale_run: u8,
     highest: u32,
@@ -66,23 +66,25 @@ pub struct SeqTracker {
 
 impl SeqTracker {
     /// Skipped sequence numbers still inside the window (may yet arrive).
-    pub fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> u64 {
         u64::from((!self.bits & !self.unknown).count_ones())
     }
 
     /// Frames missing right now: skipped and not arrived since.
-    pub fn lost(&self) -> u64 {
-        self.gaps - self.reordered
+    pub(crate) fn lost(&self) -> u64 {
+        // Saturating like the fleet totals: a state restored from an older
+        // or damaged snapshot must not panic a scrape.
+        self.gaps.saturating_sub(self.reordered)
     }
 
     /// Frames confirmed lost: skipped and out of the window without arriving.
     /// Monotonic (a counter), unlike [`lost`](Self::lost).
-    pub fn lost_confirmed(&self) -> u64 {
-        self.gaps - self.reordered - self.pending()
+    pub(crate) fn lost_confirmed(&self) -> u64 {
+        self.gaps.saturating_sub(self.reordered).saturating_sub(self.pending())
     }
 
     /// The newest sequence number seen, if any.
-    pub fn highest(&self) -> Option<u32> {
+    pub(crate) fn highest(&self) -> Option<u32> {
         self.started.then_some(self.highest)
     }
 
@@ -115,7 +117,7 @@ impl SeqTracker {
     ///
     /// This is accounting only: replay protection of signed frames has its
     /// own window (`crate::replay`), which never moves backwards.
-    pub fn observe(&mut self, seq: u32, hello: bool) -> SeqOutcome {
+    pub(crate) fn observe(&mut self, seq: u32, hello: bool) -> SeqOutcome {
         if !self.started {
             return self.restart(seq);
         }
@@ -186,6 +188,16 @@ mod tests {
             t.observe(s, false);
         }
         t
+    }
+
+    /// A state whose counters disagree (restored from an older or damaged
+    /// snapshot) gives 0, as the fleet totals do, instead of panicking the
+    /// scrape that asks.
+    #[test]
+    fn inconsistent_counters_saturate() {
+        let t = SeqTracker { gaps: 2, reordered: 5, ..SeqTracker::default() };
+        assert_eq!(t.lost(), 0);
+        assert_eq!(t.lost_confirmed(), 0);
     }
 
     #[test]

@@ -20,14 +20,14 @@ struct Link {
 
 /// Slots for exported per-device series, shared by all shards.
 #[derive(Debug)]
-pub struct ExportSlots {
+pub(crate) struct ExportSlots {
     used: AtomicUsize,
     cap: usize,
 }
 
 impl ExportSlots {
     /// `cap` slots, none used.
-    pub fn new(cap: usize) -> Self {
+    pub(crate) fn new(cap: usize) -> Self {
         ExportSlots { used: AtomicUsize::new(0), cap }
     }
     fn take(&self) -> bool {
@@ -39,14 +39,14 @@ impl ExportSlots {
         let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
     }
     /// Slots in use.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 }
 
 /// The devices of one shard. Plain data: no locks, no IO, no clock.
 #[derive(Debug, Default)]
-pub struct Shard {
+pub(crate) struct Shard {
     index: HashMap<u32, u32>,
     devices: Vec<Device>,
     links: Vec<Link>,
@@ -63,40 +63,29 @@ pub struct Shard {
 
 impl Shard {
     /// An empty shard.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Shard { head: NIL, tail: NIL, ..Default::default() }
     }
 
     /// Number of devices tracked.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.devices.len()
     }
 
-    /// True when no device is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
-    }
-
     /// The devices, in no particular order.
-    pub fn devices(&self) -> &[Device] {
+    pub(crate) fn devices(&self) -> &[Device] {
         &self.devices
     }
 
     /// One device.
-    pub fn get(&self, id: u32) -> Option<&Device> {
+    pub(crate) fn get(&self, id: u32) -> Option<&Device> {
         self.index.get(&id).and_then(|&i| self.devices.get(i as usize))
     }
 
     /// Heap bytes owned by the devices (readings, device info).
-    pub fn heap_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
         self.heap_bytes
-    }
-
-    /// Bytes used by the shard's tables (not counting per-device heap).
-    pub fn table_bytes(&self) -> usize {
-        self.index.allocation_size()
-            + self.devices.capacity() * std::mem::size_of::<Device>()
-            + self.links.capacity() * std::mem::size_of::<Link>()
     }
 
     fn unlink(&mut self, i: u32) {
@@ -178,7 +167,7 @@ impl Shard {
     }
 
     /// Inserts a device restored from a snapshot (no eviction, no counting).
-    pub fn restore(&mut self, mut d: Device) {
+    pub(crate) fn restore(&mut self, mut d: Device) {
         if self.index.contains_key(&d.id) {
             return;
         }
@@ -195,7 +184,7 @@ impl Shard {
     /// Applies one accepted frame that arrived at `now_ms` in a datagram of
     /// `bytes` bytes. Cannot fail: every frame leaves the state consistent.
     /// Returns whether its records were taken (false for a duplicate).
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         now_ms: u64,
         frame: &Frame<'_>,
@@ -274,7 +263,7 @@ impl Shard {
 
     /// Periodic upkeep: releases the export slot of devices silent for
     /// longer than the series TTL and counts online devices.
-    pub fn tick(&mut self, now_ms: u64, cfg: &EngineConfig, slots: &ExportSlots) {
+    pub(crate) fn tick(&mut self, now_ms: u64, cfg: &EngineConfig, slots: &ExportSlots) {
         let mut online = 0;
         for d in &mut self.devices {
             if d.online(now_ms, cfg.offline_after_ms) {

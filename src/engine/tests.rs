@@ -47,7 +47,7 @@ fn sequence_faults_are_counted_exactly() {
     })
     .unwrap();
     // The duplicate's record was not counted twice.
-    assert_eq!(s.records[0], 6);
+    assert_eq!(s.records.get(RecordKind::Position), 6);
 }
 
 #[test]
@@ -245,7 +245,15 @@ fn batches_use_sample_times() {
     let b = Body::Batch(Batch { samples: Seq::from_slice(&samples) });
     send(&e, T0 + 500, Frame::new(5, 0, T0, b));
     let s = e.summary().totals;
-    assert_eq!((s.records[0], s.records[2], s.batches, s.events[4]), (2, 1, 1, 1));
+    assert_eq!(
+        (
+            s.records.get(RecordKind::Position),
+            s.records.get(RecordKind::Event),
+            s.batches,
+            s.events[4]
+        ),
+        (2, 1, 1, 1)
+    );
     e.with_device(5, |d| {
         let f = d.fix.unwrap();
         assert_eq!(f.t_ms, T0 - 10_000);

@@ -1,4 +1,9 @@
 //! HTTP: `/metrics`, the JSON API, GeoJSON, health and a landing page.
+//!
+//! No handler computes while holding a shard lock: each copies what it
+//! needs under the lock (a few plain fields per device, or one device) and
+//! builds its answer after releasing it, in a blocking task when the answer
+//! is large, so ingest on that shard never waits for JSON or sorting.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,34 +15,49 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
-use crate::engine::device::Device;
-use crate::export::metrics::Metrics;
-use crate::export::render::render_engine;
-use crate::now_ms;
-use crate::policy::Policy;
+use super::render::render_engine;
+use crate::clock::now_ms;
+use crate::engine::device::{Fix, Track};
+use crate::engine::{Device, Engine, FilterReason, SEVERITIES};
+use crate::forward::Forwarder;
+use crate::ingest::{Pipeline, Transport};
+use crate::telemetry::Registry;
 
 /// What the handlers need.
-pub struct AppState {
+pub(crate) struct HttpState {
     /// The engine.
-    pub engine: Arc<Engine>,
-    /// The server's metrics.
-    pub metrics: Arc<Metrics>,
-    /// The ingest pipeline (its policies' gauges are refreshed at scrape).
-    pub pipeline: Option<Arc<crate::ingest::Pipeline>>,
-    /// Kernel drop counters of the UDP ingest sockets (by inode).
-    pub udp_inodes: Vec<u64>,
-    /// Kernel drop counters of the QUIC socket (by inode).
-    pub quic_inodes: Vec<u64>,
+    pub(crate) engine: Arc<Engine>,
+    /// Every component's series.
+    pub(crate) registry: Arc<Registry>,
+    /// The ingest path (its counters for `/api/summary`).
+    pub(crate) pipeline: Arc<Pipeline>,
+    /// The NATS forwarder, when forwarding is on.
+    pub(crate) forwarder: Option<Arc<Forwarder>>,
     /// Server start.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// Addresses the server listens on, for the landing page and /healthz.
-    pub listening: Vec<(String, String)>,
+    pub(crate) listening: Vec<(&'static str, String)>,
 }
 
-/// The router.
-pub fn router(state: Arc<AppState>) -> Router {
+/// Serves HTTP on `listener` until `stop` is cancelled (requests in
+/// progress are finished).
+pub(crate) fn spawn(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let app = router(Arc::new(state));
+    tokio::spawn(async move {
+        let r = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
+
+fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
@@ -49,34 +69,33 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Refreshes gauges and counters read from outside the process (kernel
-/// drops) and renders everything.
-pub fn render_all(st: &AppState) -> String {
-    if !st.udp_inodes.is_empty() {
-        st.metrics.udp_drops.absolute(crate::transport::udp::kernel_drops(&st.udp_inodes));
-    }
-    if !st.quic_inodes.is_empty() {
-        st.metrics.quic_drops.absolute(crate::transport::udp::kernel_drops(&st.quic_inodes));
-    }
-    if let Some(p) = &st.pipeline {
-        let pol: &Policy = p.policy();
-        st.metrics.keys_loaded.set(pol.key_count() as f64);
-        st.metrics.rate_limiter_sources.set(pol.tracked_sources() as f64);
-    }
-    let mut out = st.metrics.render();
+/// Runs `f` on a blocking thread (walking the device table, rendering):
+/// the async runtime also drives QUIC.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Everything `/metrics` shows: every component's series, then the engine's.
+fn render_all(st: &HttpState) -> String {
+    let mut out = String::with_capacity(64 << 10);
+    st.registry.render(&mut out);
     render_engine(&st.engine, now_ms(), &mut out);
     out
 }
 
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    match tokio::task::spawn_blocking(move || render_all(&st)).await {
+async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
+    match blocking(move || render_all(&st)).await {
         Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
             .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(r) => r,
     }
 }
 
-async fn healthz(State(st): State<Arc<AppState>>) -> Json<Value> {
+async fn healthz(State(st): State<Arc<HttpState>>) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "uptime_seconds": st.started.elapsed().as_secs_f64(),
@@ -85,7 +104,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
-async fn index(State(st): State<Arc<AppState>>) -> Html<String> {
+async fn index(State(st): State<Arc<HttpState>>) -> Html<String> {
     let listening: String =
         st.listening.iter().map(|(k, v)| format!("<li>{k}: <code>{v}</code></li>")).collect();
     Html(format!(
@@ -101,23 +120,46 @@ async fn index(State(st): State<Arc<AppState>>) -> Html<String> {
     ))
 }
 
-async fn summary(State(st): State<Arc<AppState>>) -> Json<Value> {
+fn forward_json(f: &Forwarder) -> Value {
+    let m = &f.metrics;
+    json!({
+        "connected": f.connected(),
+        "enqueued": m.enqueued.get(),
+        "published": m.published.get(),
+        "acknowledged": m.acknowledged.get(),
+        "failed": m.failed.get(),
+        "dropped": m.dropped.get(),
+        "buffered": f.buffered(),
+    })
+}
+
+async fn summary(State(st): State<Arc<HttpState>>) -> Json<Value> {
     let s = st.engine.summary();
     let t = &s.totals;
-    let transport = |c: &crate::export::metrics::TransportCounters| {
-        use std::sync::atomic::Ordering::Relaxed;
-        json!({
-            "received": c.totals.received.load(Relaxed),
-            "accepted": c.totals.accepted.load(Relaxed),
-            "rejected": c.totals.rejected.load(Relaxed),
+    let datagrams: serde_json::Map<String, Value> = Transport::ALL
+        .iter()
+        .map(|tr| {
+            let c = st.pipeline.counters().of(*tr);
+            let v = json!({
+                "received": c.received.get(),
+                "accepted": c.accepted.get(),
+                "rejected": c.rejected_total(),
+            });
+            (tr.as_str().to_string(), v)
         })
-    };
+        .collect();
+    let records: serde_json::Map<String, Value> =
+        t.records.iter().map(|(k, v)| (k.as_str().to_string(), json!(v))).collect();
+    let filtered: serde_json::Map<String, Value> = FilterReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_string(), json!(t.filtered[*r as usize])))
+        .collect();
     Json(json!({
-        "datagrams": {"udp": transport(&st.metrics.udp), "quic": transport(&st.metrics.quic)},
+        "datagrams": datagrams,
         "devices": s.devices,
         "online": t.online.min(s.devices),
         "exported": s.exported,
-        "records": {"position": t.records[0], "monitoring": t.records[1], "event": t.records[2], "hello": t.records[3]},
+        "records": records,
         "batches": t.batches,
         "lost": t.lost(),
         "lost_confirmed": t.lost_confirmed(),
@@ -126,20 +168,9 @@ async fn summary(State(st): State<Arc<AppState>>) -> Json<Value> {
         "late": t.late,
         "restarts": t.restarts,
         "evicted": t.evicted,
-        "filtered": crate::engine::FilterReason::ALL.iter().map(|r| (r.as_str().to_string(), json!(t.filtered[*r as usize]))).collect::<serde_json::Map<_, _>>(),
+        "filtered": filtered,
         "readings_dropped": t.readings_dropped,
-        "forward": st.pipeline.as_ref().and_then(|p| p.forwarder()).map(|f| {
-            use std::sync::atomic::Ordering::Relaxed;
-            json!({
-                "connected": f.connected(),
-                "enqueued": f.stats.enqueued.load(Relaxed),
-                "published": f.stats.published.load(Relaxed),
-                "acknowledged": f.stats.acknowledged.load(Relaxed),
-                "failed": f.stats.failed.load(Relaxed),
-                "dropped": f.stats.dropped.load(Relaxed),
-                "buffered": f.buffered(),
-            })
-        }),
+        "forward": st.forwarder.as_deref().map(forward_json),
     }))
 }
 
@@ -150,8 +181,8 @@ struct ListQuery {
     online: Option<bool>,
 }
 
-fn position_json(d: &Device) -> Value {
-    match d.fix {
+fn position_json(fix: Option<Fix>) -> Value {
+    match fix {
         None => Value::Null,
         Some(f) => json!({
             "latitude": f.lat(), "longitude": f.lon(), "altitude_m": f64::from(f.alt_dm) / 10.0,
@@ -163,31 +194,75 @@ fn position_json(d: &Device) -> Value {
     }
 }
 
-fn brief(d: &Device, now: u64, engine: &Engine) -> Value {
-    json!({
-        "id": d.id,
-        "online": d.online(now, engine.config().offline_after_ms),
-        "last_seen_ms": d.last_seen_ms,
-        "position": position_json(d),
-        "moving": d.track.moving,
-        "odometer_m": d.track.odometer_m,
-        "battery_pct": d.health.battery_pct,
-        "received": d.seq.received,
-        "lost": d.seq.lost(),
-        "duplicates": d.seq.duplicates,
-        "reordered": d.seq.reordered,
-    })
+/// A device's key fields, copied under its shard's lock.
+#[derive(Debug, Clone, Copy)]
+struct Brief {
+    id: u32,
+    online: bool,
+    last_seen_ms: u64,
+    fix: Option<Fix>,
+    track: Track,
+    battery_pct: Option<u8>,
+    received: u64,
+    lost: u64,
+    duplicates: u64,
+    reordered: u64,
+}
+
+impl Brief {
+    fn of(d: &Device, now_ms: u64, offline_after_ms: u64) -> Self {
+        Brief {
+            id: d.id,
+            online: d.online(now_ms, offline_after_ms),
+            last_seen_ms: d.last_seen_ms,
+            fix: d.fix,
+            track: d.track,
+            battery_pct: d.health.battery_pct,
+            received: d.seq.received,
+            lost: d.seq.lost(),
+            duplicates: d.seq.duplicates,
+            reordered: d.seq.reordered,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "online": self.online,
+            "last_seen_ms": self.last_seen_ms,
+            "position": position_json(self.fix),
+            "moving": self.track.moving,
+            "odometer_m": self.track.odometer_m,
+            "battery_pct": self.battery_pct,
+            "received": self.received,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "reordered": self.reordered,
+        })
+    }
+
+    fn feature(&self) -> Option<Value> {
+        let f = self.fix?;
+        Some(json!({
+            "type": "Feature",
+            "id": self.id,
+            "geometry": {"type": "Point", "coordinates": [f.lon(), f.lat(), f64::from(f.alt_dm) / 10.0]},
+            "properties": {
+                "device": self.id, "online": self.online, "moving": self.track.moving,
+                "speed_m_s": f64::from(f.speed_cm_s) / 100.0, "heading_deg": f64::from(f.heading_ddeg) / 10.0,
+                "odometer_m": self.track.odometer_m, "time_ms": f.t_ms,
+            },
+        }))
+    }
 }
 
 /// Most devices per `/api/devices` page.
-pub const MAX_PAGE: usize = 10_000;
+const MAX_PAGE: usize = 10_000;
 /// Most features per `/api/positions.geojson`.
-pub const MAX_FEATURES: usize = 100_000;
+const MAX_FEATURES: usize = 100_000;
 
-async fn devices(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
-    // Walking the device table is work for a blocking thread, not for the
-    // runtime that also drives QUIC.
-    let r = tokio::task::spawn_blocking(move || {
+async fn devices(State(st): State<Arc<HttpState>>, Query(q): Query<ListQuery>) -> Response {
+    let r = blocking(move || {
         let limit = q.limit.unwrap_or(1000).min(MAX_PAGE);
         let offset = q.offset.unwrap_or(0);
         let now = now_ms();
@@ -204,71 +279,76 @@ async fn devices(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) ->
         });
         ids.sort_unstable();
         let total = ids.len();
-        let page: Vec<Value> = ids
+        let page: Vec<Brief> = ids
             .iter()
             .skip(offset)
             .take(limit)
-            .filter_map(|id| st.engine.with_device(*id, |d| brief(d, now, &st.engine)))
+            .filter_map(|id| st.engine.with_device(*id, |d| Brief::of(d, now, off)))
             .collect();
+        let page: Vec<Value> = page.iter().map(Brief::json).collect();
         json!({"total": total, "offset": offset, "limit": limit, "devices": page})
     })
     .await;
     match r {
         Ok(v) => Json(v).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(r) => r,
     }
 }
 
-async fn device(State(st): State<Arc<AppState>>, Path(id): Path<u32>) -> Response {
-    let now = now_ms();
-    let cfg = st.engine.config().clone();
-    let v = st.engine.with_device(id, |d| {
-        let mut scratch = Vec::new();
-        let readings: Vec<Value> = d
-            .readings
-            .iter()
-            .flat_map(|r| r.iter())
-            .map(|s| {
-                let st = s.stats(cfg.reading_window_ms, &mut scratch);
-                json!({"name": &*s.name, "window_seconds": cfg.reading_window_ms as f64 / 1000.0, "stats": st})
-            })
-            .collect();
-        let h = &d.health;
-        json!({
-            "id": d.id,
-            "online": d.online(now, cfg.offline_after_ms),
-            "first_seen_ms": d.first_seen_ms,
-            "last_seen_ms": d.last_seen_ms,
-            "bytes": d.bytes,
-            "exported": d.exported,
-            "position": position_json(d),
-            "track": {
-                "odometer_m": d.track.odometer_m, "moving": d.track.moving,
-                "derived_speed_m_s": d.track.derived_speed_m_s, "derived_heading_deg": d.track.derived_heading_deg,
-            },
-            "sequence": {
-                "highest": d.seq.highest(), "received": d.seq.received, "lost": d.seq.lost(),
-                "lost_confirmed": d.seq.lost_confirmed(), "pending": d.seq.pending(),
-                "duplicates": d.seq.duplicates, "reordered": d.seq.reordered, "late": d.seq.late,
-                "restarts": d.seq.restarts,
-            },
-            "jitter_ms": d.jitter_ms,
-            "latency_ms": d.latency_ms,
-            "health": {
-                "time_ms": h.t_ms, "battery_pct": h.battery_pct, "supply_mv": h.supply_mv,
-                "temperature_c": h.temperature_cdeg.map(|t| f64::from(t) / 100.0),
-                "rssi_dbm": h.rssi_dbm, "uptime_s": h.uptime_s,
-            },
-            "readings": readings,
-            "info": d.info.as_ref().map(|i| json!({"firmware": &*i.firmware, "model": &*i.model, "capabilities": i.capabilities})),
-            "last_event": d.last_event.map(|e| json!({
-                "code": e.code, "severity": crate::engine::SEVERITIES.get(e.severity as usize), "time_ms": e.t_ms,
-            })),
-            "counts": d.counts,
+/// One device in full, from a copy taken under its shard's lock.
+fn device_json(d: &Device, now: u64, engine: &Engine) -> Value {
+    let cfg = engine.config();
+    let mut scratch = Vec::new();
+    let readings: Vec<Value> = d
+        .readings
+        .iter()
+        .flat_map(|r| r.iter())
+        .map(|s| {
+            let st = s.stats(cfg.reading_window_ms, &mut scratch);
+            json!({"name": &*s.name, "window_seconds": cfg.reading_window_ms as f64 / 1000.0, "stats": st})
         })
-    });
-    match v {
-        Some(v) => Json(v).into_response(),
+        .collect();
+    let h = &d.health;
+    json!({
+        "id": d.id,
+        "online": d.online(now, cfg.offline_after_ms),
+        "first_seen_ms": d.first_seen_ms,
+        "last_seen_ms": d.last_seen_ms,
+        "bytes": d.bytes,
+        "exported": d.exported,
+        "position": position_json(d.fix),
+        "track": {
+            "odometer_m": d.track.odometer_m, "moving": d.track.moving,
+            "derived_speed_m_s": d.track.derived_speed_m_s, "derived_heading_deg": d.track.derived_heading_deg,
+        },
+        "sequence": {
+            "highest": d.seq.highest(), "received": d.seq.received, "lost": d.seq.lost(),
+            "lost_confirmed": d.seq.lost_confirmed(), "pending": d.seq.pending(),
+            "duplicates": d.seq.duplicates, "reordered": d.seq.reordered, "late": d.seq.late,
+            "restarts": d.seq.restarts,
+        },
+        "jitter_ms": d.jitter_ms,
+        "latency_ms": d.latency_ms,
+        "health": {
+            "time_ms": h.t_ms, "battery_pct": h.battery_pct, "supply_mv": h.supply_mv,
+            "temperature_c": h.temperature_cdeg.map(|t| f64::from(t) / 100.0),
+            "rssi_dbm": h.rssi_dbm, "uptime_s": h.uptime_s,
+        },
+        "readings": readings,
+        "info": d.info.as_ref().map(|i| json!({"firmware": &*i.firmware, "model": &*i.model, "capabilities": i.capabilities})),
+        "last_event": d.last_event.map(|e| json!({
+            "code": e.code, "severity": SEVERITIES.get(e.severity as usize), "time_ms": e.t_ms,
+        })),
+        "counts": d.counts,
+    })
+}
+
+async fn device(State(st): State<Arc<HttpState>>, Path(id): Path<u32>) -> Response {
+    let now = now_ms();
+    // A copy (its readings are bounded by the per-device limits); the
+    // statistics sort samples, which happens after the lock is released.
+    match st.engine.with_device(id, Device::clone) {
+        Some(d) => Json(device_json(&d, now, &st.engine)).into_response(),
         None => {
             (StatusCode::NOT_FOUND, Json(json!({"error": format!("device {id} is not tracked")})))
                 .into_response()
@@ -276,40 +356,125 @@ async fn device(State(st): State<Arc<AppState>>, Path(id): Path<u32>) -> Respons
     }
 }
 
-async fn geojson(State(st): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
-    let r = tokio::task::spawn_blocking(move || {
+async fn geojson(State(st): State<Arc<HttpState>>, Query(q): Query<ListQuery>) -> Response {
+    let r = blocking(move || {
         let limit = q.limit.unwrap_or(10_000).min(MAX_FEATURES);
         let now = now_ms();
         let off = st.engine.config().offline_after_ms;
-        let mut features = Vec::new();
+        let mut rows: Vec<Brief> = Vec::new();
         st.engine.for_each_shard(|s| {
-            for d in s.devices() {
-                if features.len() >= limit {
-                    return;
-                }
-                let online = d.online(now, off);
-                if q.online.is_some_and(|o| o != online) {
-                    continue;
-                }
-                if let Some(f) = d.fix {
-                    features.push(json!({
-                        "type": "Feature",
-                        "id": d.id,
-                        "geometry": {"type": "Point", "coordinates": [f.lon(), f.lat(), f64::from(f.alt_dm) / 10.0]},
-                        "properties": {
-                            "device": d.id, "online": online, "moving": d.track.moving,
-                            "speed_m_s": f64::from(f.speed_cm_s) / 100.0, "heading_deg": f64::from(f.heading_ddeg) / 10.0,
-                            "odometer_m": d.track.odometer_m, "time_ms": f.t_ms,
-                        },
-                    }));
-                }
-            }
+            let room = limit - rows.len();
+            rows.extend(
+                s.devices()
+                    .iter()
+                    .filter(|d| d.fix.is_some())
+                    .filter(|d| q.online.is_none_or(|o| d.online(now, off) == o))
+                    .take(room)
+                    .map(|d| Brief::of(d, now, off)),
+            );
         });
+        let features: Vec<Value> = rows.iter().filter_map(Brief::feature).collect();
         json!({"type": "FeatureCollection", "features": features})
     })
     .await;
     match r {
         Ok(v) => ([(header::CONTENT_TYPE, "application/geo+json")], Json(v)).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Accepted;
+    use crate::engine::probe::take_allocations;
+    use crate::ingest::{IngestCounters, Policy, PolicyConfig, UdpAuth};
+    use fleetwire_proto::{Body, FixType, Frame, Monitoring, Position, Reading, Seq};
+
+    const DEVICES: u32 = 2_000;
+
+    fn state() -> Arc<HttpState> {
+        let cfg = crate::config::Config::default();
+        let engine = Arc::new(Engine::new(cfg.engine(), 4));
+        let now = now_ms();
+        for id in 1..=DEVICES {
+            let p = Position {
+                lat_e7: 480_000_000 + id as i32,
+                lon_e7: 110_000_000,
+                alt_dm: 0,
+                speed_cm_s: 100,
+                heading_ddeg: 0,
+                hacc_cm: 100,
+                fix: FixType::Fix3d,
+                satellites: 8,
+            };
+            let f = Frame::new(id, 0, now, Body::Position(p));
+            engine.ingest(now, &[Accepted { frame: f, bytes: 40 }]);
+        }
+        let names = ["a", "b", "c"];
+        for seq in 1..=20u32 {
+            let r: Vec<Reading<'_>> =
+                names.iter().map(|n| Reading { name: n, value: f64::from(seq) }).collect();
+            let m = Monitoring { readings: Seq::from_slice(&r), ..Monitoring::EMPTY };
+            let f = Frame::new(7, seq, now, Body::Monitoring(m));
+            engine.ingest(now, &[Accepted { frame: f, bytes: 80 }]);
+        }
+        let policy = PolicyConfig {
+            udp_auth: UdpAuth::Off,
+            keys_file: None,
+            rate_source: 0.0,
+            rate_device: 0.0,
+            burst: 1.0,
+            max_sources: 1,
+            max_devices: 1,
+        };
+        let pipeline = Pipeline::new(
+            engine.clone(),
+            IngestCounters::detached(),
+            Policy::new(&policy, Default::default(), None),
+        );
+        Arc::new(HttpState {
+            engine,
+            registry: Registry::new(),
+            pipeline: Arc::new(pipeline),
+            forwarder: None,
+            started: Instant::now(),
+            listening: Vec::new(),
+        })
+    }
+
+    /// Allocations made under a shard lock of the state's engine by `f`.
+    fn under_lock<T>(st: &HttpState, f: impl FnOnce() -> T) -> (T, u64) {
+        let a = &st.engine.allocations_under_lock;
+        let before = a.load(std::sync::atomic::Ordering::Relaxed);
+        let t = f();
+        (t, a.load(std::sync::atomic::Ordering::Relaxed) - before)
+    }
+
+    /// Readers copy under the shard lock and build their answer after: the
+    /// allocations made while a lock is held stay far below one per device
+    /// listed (building JSON under the lock costs several per device).
+    #[test]
+    fn handlers_only_copy_under_the_shard_lock() {
+        let st = state();
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let q = |limit| ListQuery { limit: Some(limit), offset: None, online: None };
+        let call = |r: Response| {
+            assert_eq!(r.status(), StatusCode::OK);
+            let body = rt.block_on(axum::body::to_bytes(r.into_body(), usize::MAX)).unwrap();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        };
+        let (v, list) =
+            under_lock(&st, || call(rt.block_on(devices(State(st.clone()), Query(q(5_000))))));
+        assert_eq!(v["devices"].as_array().map(Vec::len), Some(DEVICES as usize + 1));
+        assert!(list < 200, "/api/devices: {list} allocations under the lock");
+        let (v, geo) =
+            under_lock(&st, || call(rt.block_on(geojson(State(st.clone()), Query(q(100_000))))));
+        assert_eq!(v["features"].as_array().map(Vec::len), Some(DEVICES as usize));
+        assert!(geo < 200, "/api/positions.geojson: {geo} allocations under the lock");
+        let (v, one) = under_lock(&st, || call(rt.block_on(device(State(st.clone()), Path(7)))));
+        assert_eq!(v["readings"].as_array().map(Vec::len), Some(3));
+        // The copy only: the readings table, a name and a sample buffer per reading.
+        assert!(one <= 1 + 2 * 3, "/api/devices/7: {one} allocations under the lock");
     }
 }

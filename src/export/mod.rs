@@ -1,5 +1,6 @@
-//! What leaves the server: Prometheus metrics and the HTTP API.
+//! What leaves the server besides forwarding: the HTTP API ([`http`]) and
+//! the Prometheus rendering of engine state ([`render`]); every other
+//! series comes from the components through the telemetry registry.
 
-pub mod http;
-pub mod metrics;
-pub mod render;
+pub(crate) mod http;
+pub(crate) mod render;

@@ -12,8 +12,10 @@
 //!
 //! The boot Hello of each device is sent first and never faulted.
 
-pub mod model;
-pub mod record;
+pub(crate) mod model;
+pub mod quic;
+pub(crate) mod record;
+pub(crate) mod udp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +29,7 @@ use model::{SimDevice, frame_buf};
 
 /// Fault probabilities, as fractions (0..=1).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
     /// Drop the frame.
     pub loss: f64,
     /// Send the frame twice.
@@ -40,7 +42,7 @@ pub struct Faults {
 
 /// What the simulator did.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Devices simulated.
     pub devices: u64,
     /// Datagrams (or stream records) put on the wire, copies and corrupted ones included.
@@ -73,7 +75,7 @@ pub struct Summary {
 }
 
 /// One datagram to put on the wire, for one device.
-pub struct Out {
+pub(crate) struct Out {
     /// The device.
     pub device: u32,
     /// The bytes.
@@ -89,7 +91,7 @@ struct DeviceFaultState {
 }
 
 /// Applies faults to each device's frames, deterministically for a seed.
-pub struct Injector {
+pub(crate) struct Injector {
     rng: StdRng,
     faults: Faults,
     state: HashMap<u32, DeviceFaultState>,
@@ -99,7 +101,7 @@ pub struct Injector {
 
 impl Injector {
     /// A new injector.
-    pub fn new(seed: u64, faults: Faults) -> Self {
+    pub(crate) fn new(seed: u64, faults: Faults) -> Self {
         Injector {
             rng: StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xfa17),
             faults,
@@ -109,14 +111,14 @@ impl Injector {
     }
 
     /// A frame to send unfaulted (the boot Hello).
-    pub fn clean(&mut self, device: u32, frame: &[u8], out: &mut Vec<Out>) {
+    pub(crate) fn clean(&mut self, device: u32, frame: &[u8], out: &mut Vec<Out>) {
         self.summary.frames += 1;
         self.summary.records += 1;
         out.push(Out { device, bytes: frame.to_vec() });
     }
 
     /// Decides what happens to `frame` of `device`; pushes the datagrams to send.
-    pub fn frame(&mut self, device: u32, frame: &[u8], out: &mut Vec<Out>) {
+    pub(crate) fn frame(&mut self, device: u32, frame: &[u8], out: &mut Vec<Out>) {
         self.summary.frames += 1;
         let f = self.faults;
         let st = self.state.entry(device).or_default();
@@ -164,7 +166,7 @@ impl Injector {
 
     /// End of the run: frames still held are sent (in order, so not
     /// reordered); drops not revealed by a later frame are tail drops.
-    pub fn finish(&mut self, out: &mut Vec<Out>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<Out>) {
         let mut devices: Vec<_> = self.state.keys().copied().collect();
         devices.sort_unstable();
         for d in devices {
@@ -189,7 +191,7 @@ impl Injector {
 
 /// Where the datagrams go.
 #[allow(async_fn_in_trait)]
-pub trait Sink {
+pub(crate) trait Sink {
     /// Sends one datagram of `device`.
     async fn send(&mut self, device: u32, bytes: &[u8]) -> std::io::Result<()>;
     /// Waits until everything sent has left.
@@ -202,22 +204,21 @@ pub trait Sink {
 
 /// Plain UDP: datagrams go out with `sendmmsg(2)`, `batch` at a time (1 for
 /// paced runs, so every frame leaves when it is due).
-pub struct UdpSink {
-    sender: crate::transport::udp::BatchSender,
+pub(crate) struct UdpSink {
+    sender: udp::BatchSender,
     pending: Vec<Vec<u8>>,
     batch: usize,
 }
 
 impl UdpSink {
     /// A socket for `target`.
-    pub async fn new(target: SocketAddr) -> std::io::Result<Self> {
+    pub(crate) async fn new(target: SocketAddr) -> std::io::Result<Self> {
         Self::batched(target, 1)
     }
 
     /// A socket for `target` sending `batch` datagrams per system call.
-    pub fn batched(target: SocketAddr, batch: usize) -> std::io::Result<Self> {
-        let sender =
-            crate::transport::udp::BatchSender::connect(target).map_err(std::io::Error::other)?;
+    pub(crate) fn batched(target: SocketAddr, batch: usize) -> std::io::Result<Self> {
+        let sender = udp::BatchSender::connect(target).map_err(std::io::Error::other)?;
         Ok(UdpSink { sender, pending: Vec::with_capacity(batch.max(1)), batch: batch.clamp(1, 64) })
     }
 
@@ -240,7 +241,7 @@ impl Sink for UdpSink {
 
 /// Plan of a run.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Devices.
     pub devices: u32,
     /// First device id.
@@ -285,13 +286,13 @@ async fn flush_out<S: Sink>(
 }
 
 /// Runs a simulation against `sink`; records every datagram to `record`.
-pub async fn run<S: Sink>(
+pub(crate) async fn run<S: Sink>(
     plan: &Plan,
     sink: &mut S,
     mut record: Option<&mut record::Writer>,
 ) -> Summary {
     let start = Instant::now();
-    let now_ms = crate::now_ms;
+    let now_ms = crate::clock::now_ms;
     let mut inj = Injector::new(plan.seed, plan.faults);
     let mut devices: Vec<SimDevice> = (0..plan.devices)
         .map(|i| SimDevice::new(plan.first_id.wrapping_add(i).max(1), plan.seed, plan.center))
@@ -416,10 +417,9 @@ mod tests {
             assert_eq!(t.lost(), s.lost, "seed {seed}");
             assert_eq!(t.duplicates, s.duplicated, "seed {seed}");
             assert_eq!(t.reordered, s.reordered, "seed {seed}");
-            assert_eq!(t.records.iter().sum::<u64>(), s.records, "seed {seed}");
+            assert_eq!(t.records.total(), s.records, "seed {seed}");
             assert_eq!(out.len() as u64, s.records + s.duplicated + s.corrupted);
             assert!(s.lost > 0 && s.duplicated > 0 && s.reordered > 0 && s.corrupted > 0);
         }
     }
 }
-pub mod quic;

@@ -17,7 +17,7 @@ const TURN_RATE: f64 = 15.0; // degrees per second
 const GPS_NOISE_M: f64 = 2.5;
 
 /// One simulated device.
-pub struct SimDevice {
+pub(crate) struct SimDevice {
     /// Device id.
     pub id: u32,
     rng: StdRng,
@@ -39,7 +39,7 @@ pub struct SimDevice {
 
 impl SimDevice {
     /// A device starting somewhere within ~10 km of `center`.
-    pub fn new(id: u32, seed: u64, center: (f64, f64)) -> Self {
+    pub(crate) fn new(id: u32, seed: u64, center: (f64, f64)) -> Self {
         let mut rng = StdRng::seed_from_u64(seed ^ (u64::from(id) << 20) ^ 0x5eed);
         let r = 10_000.0 * rng.random::<f64>().sqrt();
         let a = rng.random::<f64>() * std::f64::consts::TAU;
@@ -72,7 +72,7 @@ impl SimDevice {
     }
 
     /// The boot announcement (sequence 0).
-    pub fn hello(&mut self, now_ms: u64, out: &mut [u8]) -> usize {
+    pub(crate) fn hello(&mut self, now_ms: u64, out: &mut [u8]) -> usize {
         let seq = self.next_seq();
         let body = Body::Hello(Hello {
             firmware: "sim-1.0",
@@ -125,7 +125,7 @@ impl SimDevice {
 
     /// The next telemetry frame after `dt` seconds: mostly positions, a
     /// monitoring record every 10th frame, an event now and then.
-    pub fn next_frame(&mut self, now_ms: u64, dt: f64, out: &mut [u8]) -> usize {
+    pub(crate) fn next_frame(&mut self, now_ms: u64, dt: f64, out: &mut [u8]) -> usize {
         self.advance(dt);
         self.frames += 1;
         let seq = self.next_seq();
@@ -192,6 +192,6 @@ impl SimDevice {
 }
 
 /// A scratch buffer for one frame.
-pub fn frame_buf() -> [u8; MAX_FRAME_LEN] {
+pub(crate) fn frame_buf() -> [u8; MAX_FRAME_LEN] {
     [0u8; MAX_FRAME_LEN]
 }

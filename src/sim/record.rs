@@ -10,10 +10,10 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 /// File magic.
-pub const MAGIC: &[u8; 8] = b"FWREC001";
+pub(crate) const MAGIC: &[u8; 8] = b"FWREC001";
 
 /// Appends datagrams to a recording.
-pub struct Writer {
+pub(crate) struct Writer {
     out: BufWriter<File>,
     /// Datagrams written.
     pub count: u64,
@@ -21,14 +21,14 @@ pub struct Writer {
 
 impl Writer {
     /// Creates (truncates) `path`.
-    pub fn create(path: &Path) -> io::Result<Self> {
+    pub(crate) fn create(path: &Path) -> io::Result<Self> {
         let mut out = BufWriter::new(File::create(path)?);
         out.write_all(MAGIC)?;
         Ok(Writer { out, count: 0 })
     }
 
     /// Appends one datagram (at most 65535 bytes).
-    pub fn write(&mut self, datagram: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&mut self, datagram: &[u8]) -> io::Result<()> {
         let len = u16::try_from(datagram.len())
             .map_err(|_| io::Error::other("datagram over 65535 bytes"))?;
         self.out.write_all(&len.to_be_bytes())?;
@@ -38,13 +38,13 @@ impl Writer {
     }
 
     /// Flushes to the file.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }
 
 /// Reads a whole recording.
-pub fn read_all(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+pub(crate) fn read_all(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     let mut r = BufReader::new(File::open(path)?);
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;

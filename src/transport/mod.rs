@@ -1,6 +1,9 @@
-//! Sockets in, byte slices out: UDP (`recvmmsg` threads) and QUIC (quinn).
-//! Transports know nothing about aggregation; they hand datagrams to the
-//! [`Pipeline`](crate::ingest::Pipeline).
+//! Server sockets in, byte slices out: UDP ([`udp`], `recvmmsg` threads)
+//! and QUIC ([`quic`], quinn). Transports know nothing about aggregation:
+//! they hand [`Datagram`](crate::ingest::Datagram)s to the pipeline. [`sys`]
+//! holds the system calls the standard library lacks (the server's only
+//! `unsafe` code).
 
-pub mod quic;
-pub mod udp;
+pub(crate) mod quic;
+pub(crate) mod sys;
+pub(crate) mod udp;

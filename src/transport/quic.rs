@@ -3,115 +3,296 @@
 //! client certificates whose device id is authoritative.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
+use fleetwire_proto::QUIC_ALPN;
 use futures_util::FutureExt;
 use quinn::crypto::rustls::QuicServerConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
 
-use crate::certs;
-use crate::config::{ClientAuth, Config, ConfigError};
+use super::udp::{BoundUdp, inode, kernel_drops};
+use crate::certs::{self, CertError};
+use crate::clock::now_ms;
 use crate::ingest::{Datagram, Pipeline, Transport};
-use crate::now_ms;
-use crate::server::BindError;
-
-/// The one ALPN protocol we speak.
-pub const ALPN: &[u8] = b"fleetwire/1";
-
-/// Size of a client's outgoing DATAGRAM buffer.
-pub const CLIENT_DATAGRAM_SEND_BUFFER: usize = 1 << 20;
+use crate::telemetry::{Counter, Gauge, Registry};
 
 /// Most DATAGRAM frames handed to the pipeline in one call.
 const DATAGRAM_BATCH: usize = 64;
 /// Unidirectional (backlog) streams a client may have open at once.
-pub const MAX_STREAMS: u32 = 4;
+pub(crate) const MAX_STREAMS: u32 = 4;
 /// Flow-control window of one stream, bytes.
-pub const STREAM_WINDOW: u32 = 32 * 1024;
+pub(crate) const STREAM_WINDOW: u32 = 32 * 1024;
 /// Flow-control window of a connection (all its streams), bytes.
-pub const CONNECTION_WINDOW: u32 = 64 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 64 * 1024;
 
-/// A running QUIC endpoint.
-pub struct QuicHandle {
-    /// The bound address.
-    pub addr: SocketAddr,
-    endpoint: quinn::Endpoint,
-    task: tokio::task::JoinHandle<()>,
+/// Application close code for a client that negotiated no ALPN: 0x178,
+/// the value QUIC gives the TLS alert no_application_protocol (0x100 + 120)
+/// that a client offering another ALPN gets.
+const CLOSE_NO_ALPN: u32 = 0x178;
+
+/// How QUIC clients must authenticate (`client_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates: any client may connect.
+    None,
+    /// A client certificate, if presented, must chain to `quic_client_ca`.
+    Optional,
+    /// Every client must present a certificate that chains to `quic_client_ca`.
+    Required,
 }
 
-impl QuicHandle {
-    /// Stops accepting, closes every connection and waits for the endpoint
-    /// to go idle (at most 1 s).
-    pub async fn shutdown(self) {
-        self.endpoint.close(0u32.into(), b"server shutting down");
-        self.task.abort();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
-            .await;
+/// The QUIC transport's slice of the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct QuicConfig {
+    /// Certificate chain and key files (PEM); `None` = the development
+    /// certificate in `data_dir`.
+    pub(crate) cert: Option<(PathBuf, PathBuf)>,
+    /// Where the development certificate lives.
+    pub(crate) data_dir: PathBuf,
+    /// Client certificate policy.
+    pub(crate) client_auth: ClientAuth,
+    /// CA certificate(s) device certificates must chain to.
+    pub(crate) client_ca: PathBuf,
+    /// Most concurrent connections.
+    pub(crate) max_connections: usize,
+    /// Connections idle longer are closed.
+    pub(crate) idle_timeout: Duration,
+    /// DATAGRAM receive buffer per connection, bytes.
+    pub(crate) datagram_buffer: usize,
+    /// Require address validation (a Retry round trip) before a handshake.
+    pub(crate) retry: bool,
+}
+
+/// Why the QUIC endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate, key or CA file named by a setting is unusable.
+    #[error("invalid value for `{key}`: {source}")]
+    File {
+        /// The setting naming the file.
+        key: &'static str,
+        /// What is wrong with it.
+        source: CertError,
+    },
+    /// The development certificate could not be made or read in the data dir.
+    #[error("development certificate: {0}")]
+    DevCertificate(CertError),
+    /// rustls refused the TLS configuration (a key that does not match its
+    /// certificate, a CA that cannot verify anything).
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// `quic_idle_timeout` is beyond what QUIC can express (2^62 ms).
+    #[error("invalid value for `quic_idle_timeout`: too large")]
+    IdleTimeout,
+    /// quinn could not take the socket.
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+}
+
+impl StartError {
+    /// Whether a setting is to blame (exit code 2), rather than the system.
+    pub(crate) fn is_config(&self) -> bool {
+        matches!(self, StartError::File { .. } | StartError::IdleTimeout | StartError::Tls(_))
     }
 }
 
+/// Why a handshake failed (the `reason` label of
+/// `fleetwire_quic_handshake_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeFailure {
+    /// The client's certificate does not chain to `quic_client_ca`.
+    UnknownCa,
+    /// A certificate is required and the client sent none.
+    NoCertificate,
+    /// The client's certificate is invalid (expired, wrong usage, bad signature).
+    BadCertificate,
+    /// The client offered no ALPN, or not `fleetwire/1`.
+    Alpn,
+    /// The handshake did not complete within the idle timeout.
+    Timeout,
+    /// Anything else (the peer closed, a protocol violation, ...).
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in counter order.
+    const ALL: [HandshakeFailure; 6] = [
+        HandshakeFailure::UnknownCa,
+        HandshakeFailure::NoCertificate,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::Alpn,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Other,
+    ];
+
+    /// The label.
+    const fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::UnknownCa => "unknown_ca",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::Alpn => "alpn",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// Classifies by the TLS alert our own TLS stack raised (RFC 8446
+    /// section 6: QUIC carries it as crypto error 0x100 + alert, RFC 9001
+    /// section 4.8). Failures the peer reported are its business: `other`.
+    pub(crate) fn of(e: &quinn::ConnectionError) -> Self {
+        match e {
+            quinn::ConnectionError::TimedOut => HandshakeFailure::Timeout,
+            quinn::ConnectionError::TransportError(t) => HandshakeFailure::of_code(t.code),
+            _ => HandshakeFailure::Other,
+        }
+    }
+
+    /// The reason for a QUIC transport error code: crypto errors carry a
+    /// TLS alert, anything else is `other`.
+    pub(crate) fn of_code(code: quinn::TransportErrorCode) -> Self {
+        match u64::from(code).checked_sub(0x100).filter(|a| *a <= 0xff) {
+            Some(alert) => HandshakeFailure::of_alert(alert as u8),
+            None => HandshakeFailure::Other,
+        }
+    }
+
+    /// The reason for a TLS alert description.
+    pub(crate) const fn of_alert(alert: u8) -> Self {
+        match alert {
+            // unknown_ca
+            48 => HandshakeFailure::UnknownCa,
+            // certificate_required
+            116 => HandshakeFailure::NoCertificate,
+            // bad_certificate, unsupported_certificate, certificate_revoked,
+            // certificate_expired, certificate_unknown, access_denied,
+            // decrypt_error (a signature that does not verify)
+            42..=46 | 49 | 51 => HandshakeFailure::BadCertificate,
+            // no_application_protocol
+            120 => HandshakeFailure::Alpn,
+            _ => HandshakeFailure::Other,
+        }
+    }
+}
+
+/// The QUIC transport's own series.
+#[derive(Debug, Clone)]
+struct QuicMetrics {
+    connections: Gauge,
+    handshake_failures: [Counter; HandshakeFailure::ALL.len()],
+    datagrams_dropped: Counter,
+    stream_frames: Counter,
+    connections_refused: Counter,
+}
+
+impl QuicMetrics {
+    fn register(r: &Registry, socket_inode: Option<u64>) -> Self {
+        r.counter_fn(
+            "fleetwire_quic_receive_buffer_drops_total",
+            "UDP datagrams carrying QUIC that the kernel dropped because the QUIC socket's receive buffer was full.",
+            &[],
+            move || socket_inode.map_or(0, |i| kernel_drops(&[i])),
+        );
+        QuicMetrics {
+            connections: r.gauge("fleetwire_quic_connections", "Open QUIC connections.", &[]),
+            handshake_failures: HandshakeFailure::ALL.map(|f| {
+                r.counter(
+                    "fleetwire_quic_handshake_failures_total",
+                    "QUIC handshakes that failed, by reason.",
+                    &[("reason", f.as_str())],
+                )
+            }),
+            datagrams_dropped: r.counter(
+                "fleetwire_quic_datagrams_dropped_total",
+                "QUIC DATAGRAM frames dropped because a connection's receive buffer was full.",
+                &[],
+            ),
+            stream_frames: r.counter(
+                "fleetwire_quic_stream_frames_total",
+                "Frames received on QUIC unidirectional streams.",
+                &[],
+            ),
+            connections_refused: r.counter(
+                "fleetwire_quic_connections_refused_total",
+                "QUIC connections refused because quic_max_connections was reached.",
+                &[],
+            ),
+        }
+    }
+
+    fn handshake_failed(&self, f: HandshakeFailure) {
+        self.handshake_failures[f as usize].inc();
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    pipeline: Arc<Pipeline>,
+    metrics: QuicMetrics,
+}
+
+/// A running QUIC endpoint.
+pub(crate) struct QuicEndpoint {
+    endpoint: quinn::Endpoint,
+    accept: tokio::task::JoinHandle<()>,
+}
+
 /// The rustls server configuration `cfg` asks for.
-pub fn tls_config(cfg: &Config) -> Result<rustls::ServerConfig, BindError> {
-    let tls = |e: &dyn std::fmt::Display| BindError::Tls(e.to_string());
-    // Unusable TLS files are configuration errors naming their key.
-    let invalid = |key: &'static str, e: &dyn std::fmt::Display| {
-        BindError::Config(ConfigError::Invalid { key, reason: e.to_string() })
-    };
-    let (chain, key) = if cfg.quic_cert.as_os_str().is_empty() {
-        let (cert, key) = certs::dev_certificate(&cfg.data_dir).map_err(|e| tls(&e))?;
-        (vec![cert], key)
-    } else {
-        certs::load_chain_and_key(&cfg.quic_cert, &cfg.quic_key).map_err(|e| match &e {
-            certs::CertError::Pem { path, .. } | certs::CertError::Io { path, .. }
-                if *path == cfg.quic_key =>
-            {
-                invalid("quic_key", &e)
-            }
-            _ => invalid("quic_cert", &e),
-        })?
+fn tls_config(cfg: &QuicConfig) -> Result<rustls::ServerConfig, StartError> {
+    let tls = |e: rustls::Error| StartError::Tls(e.to_string());
+    let (chain, key) = match &cfg.cert {
+        None => {
+            let (cert, key) =
+                certs::dev_certificate(&cfg.data_dir).map_err(StartError::DevCertificate)?;
+            (vec![cert], key)
+        }
+        Some((cert, key)) => certs::load_chain_and_key(cert, key).map_err(|e| {
+            let on_key = matches!(&e, CertError::Pem { path, .. } | CertError::Io { path, .. }
+                if path == key);
+            StartError::File { key: if on_key { "quic_key" } else { "quic_cert" }, source: e }
+        })?,
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls(&e))?;
+        .map_err(tls)?;
     let builder = match cfg.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         mode => {
-            let roots = certs::load_roots(&cfg.quic_client_ca)
-                .map_err(|e| invalid("quic_client_ca", &e))?;
+            let roots = certs::load_roots(&cfg.client_ca)
+                .map_err(|source| StartError::File { key: "quic_client_ca", source })?;
             let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             );
             let v = if mode == ClientAuth::Optional { v.allow_unauthenticated() } else { v };
-            builder.with_client_cert_verifier(v.build().map_err(|e| tls(&e))?)
+            builder
+                .with_client_cert_verifier(v.build().map_err(|e| StartError::Tls(e.to_string()))?)
         }
     };
-    let mut server = builder.with_single_cert(chain, key).map_err(|e| tls(&e))?;
-    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut server = builder.with_single_cert(chain, key).map_err(tls)?;
+    server.alpn_protocols = vec![QUIC_ALPN.to_vec()];
     // 0-RTT stays off: telemetry sent in early data could be replayed.
     server.max_early_data_size = 0;
     Ok(server)
 }
 
-/// Starts the QUIC endpoint on `socket`.
-pub fn start(
-    cfg: &Config,
-    socket: std::net::UdpSocket,
-    pipeline: Arc<Pipeline>,
-) -> Result<QuicHandle, BindError> {
-    let tls = tls_config(cfg)?;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| BindError::Tls(e.to_string()))?;
+/// The quinn server configuration: TLS plus the transport limits that bound
+/// what one client can make the server hold.
+fn server_config(cfg: &QuicConfig) -> Result<quinn::ServerConfig, StartError> {
+    let crypto =
+        QuicServerConfig::try_from(tls_config(cfg)?).map_err(|e| StartError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_idle_timeout(Some(
-            cfg.quic_idle_timeout
-                .try_into()
-                .map_err(|_| BindError::Tls("quic_idle_timeout too large".into()))?,
-        ))
-        .datagram_receive_buffer_size(Some(cfg.quic_datagram_buffer.max(2048)))
+        .max_idle_timeout(Some(cfg.idle_timeout.try_into().map_err(|_| StartError::IdleTimeout)?))
+        .datagram_receive_buffer_size(Some(cfg.datagram_buffer.max(2048)))
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(MAX_STREAMS.into())
         // Flow control bounds what a client can make the server buffer
@@ -123,98 +304,121 @@ pub fn start(
         .receive_window(CONNECTION_WINDOW.into());
     server.transport_config(Arc::new(transport));
     server.migration(true);
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|e| BindError::Tls(format!("QUIC endpoint: {e}")))?;
-    let addr = endpoint.local_addr().map_err(|e| BindError::Tls(e.to_string()))?;
-    let max = cfg.quic_max_connections;
-    let retry = cfg.quic_retry;
-    let ep = endpoint.clone();
-    let task = tokio::spawn(async move {
-        let open = Arc::new(AtomicUsize::new(0));
-        while let Some(incoming) = ep.accept().await {
-            let metrics = pipeline.metrics();
-            if retry && !incoming.remote_address_validated() {
-                let _ = incoming.retry();
-                continue;
-            }
-            // Count the connection before spawning, so a burst of handshakes
-            // cannot slip past the limit.
-            if open.fetch_add(1, Ordering::Relaxed) >= max {
-                open.fetch_sub(1, Ordering::Relaxed);
-                metrics.quic_connections_refused.increment(1);
-                incoming.refuse();
-                continue;
-            }
-            let (pipeline, open) = (pipeline.clone(), open.clone());
-            tokio::spawn(async move {
-                pipeline.metrics().quic_connections.increment(1.0);
-                handle_connection(incoming, &pipeline).await;
-                pipeline.metrics().quic_connections.decrement(1.0);
-                open.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
-    });
-    Ok(QuicHandle { addr, endpoint, task })
+    Ok(server)
 }
 
-/// Classifies a failed handshake for `fleetwire_quic_handshake_failures_total`.
-pub fn handshake_failure_reason(e: &quinn::ConnectionError) -> &'static str {
-    let text = e.to_string().to_lowercase();
-    if matches!(e, quinn::ConnectionError::TimedOut) {
-        "timeout"
-    } else if text.contains("unknownissuer")
-        || text.contains("unknown issuer")
-        || text.contains("unknown ca")
-    {
-        "unknown_ca"
-    } else if text.contains("no certificate")
-        || text.contains("nocertificatespresented")
-        || text.contains("certificate required")
-    {
-        "no_certificate"
-    } else if text.contains("certificate") {
-        "bad_certificate"
-    } else if text.contains("application protocol") || text.contains("alpn") {
-        "alpn"
-    } else {
-        "other"
+impl QuicEndpoint {
+    /// Registers the QUIC series and starts the endpoint on `socket`.
+    pub(crate) fn start(
+        socket: BoundUdp,
+        cfg: &QuicConfig,
+        pipeline: &Arc<Pipeline>,
+        registry: &Registry,
+    ) -> Result<QuicEndpoint, StartError> {
+        let server = server_config(cfg)?;
+        let metrics = QuicMetrics::register(registry, inode(&socket.socket));
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket.socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(StartError::Endpoint)?;
+        let shared = Arc::new(Shared { pipeline: pipeline.clone(), metrics });
+        let accept =
+            tokio::spawn(accept_loop(endpoint.clone(), shared, cfg.max_connections, cfg.retry));
+        Ok(QuicEndpoint { endpoint, accept })
+    }
+
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Stops accepting, closes every connection (their datagram loops hand
+    /// what they have read to the pipeline first) and waits for the
+    /// endpoint to go idle (at most 1 s).
+    pub(crate) async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"server shutting down");
+        self.accept.abort();
+        let _ = self.accept.await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
 
-async fn handle_connection(incoming: quinn::Incoming, pipeline: &Arc<Pipeline>) {
+/// Runs until the endpoint closes (or the task is aborted at shutdown).
+async fn accept_loop(ep: quinn::Endpoint, shared: Arc<Shared>, max: usize, retry: bool) {
+    let open = Arc::new(AtomicUsize::new(0));
+    while let Some(incoming) = ep.accept().await {
+        if retry && !incoming.remote_address_validated() {
+            let _ = incoming.retry();
+            continue;
+        }
+        // Count the connection before spawning, so a burst of handshakes
+        // cannot slip past the limit.
+        if open.fetch_add(1, Ordering::Relaxed) >= max {
+            open.fetch_sub(1, Ordering::Relaxed);
+            shared.metrics.connections_refused.inc();
+            incoming.refuse();
+            continue;
+        }
+        let (shared, open) = (shared.clone(), open.clone());
+        tokio::spawn(async move {
+            shared.metrics.connections.add(1.0);
+            handle_connection(incoming, &shared).await;
+            shared.metrics.connections.add(-1.0);
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// What an accepted connection proved: the device id of its client
+/// certificate, if it showed one. A certificate from our CA that names no
+/// device names device 0, so every frame on the connection is refused
+/// (`identity_mismatch`) instead of claiming any id.
+fn identity(conn: &quinn::Connection) -> Option<u32> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|leaf| certs::device_id_of(leaf).unwrap_or(0)))
+}
+
+/// Whether the handshake agreed on our ALPN (rustls refuses a client that
+/// offers others; one that offers none is refused here).
+fn speaks_fleetwire(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .is_some_and(|d| d.protocol.as_deref() == Some(QUIC_ALPN))
+}
+
+async fn handle_connection(incoming: quinn::Incoming, shared: &Arc<Shared>) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            let reason = handshake_failure_reason(&e);
-            pipeline.metrics().handshake_failed(reason);
-            tracing::debug!(%remote, error = %e, reason, "QUIC handshake failed");
+            let reason = HandshakeFailure::of(&e);
+            shared.metrics.handshake_failed(reason);
+            tracing::debug!(%remote, error = %e, reason = reason.as_str(), "QUIC handshake failed");
             return;
         }
     };
-    // With a client certificate, its device id is authoritative; one from
-    // our CA that names no device names device 0, so every frame on the
-    // connection is refused (identity_mismatch) instead of claiming any id.
-    let identity = conn
-        .peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|chain| chain.first().map(|leaf| certs::device_id_of(leaf).unwrap_or(0)));
+    if !speaks_fleetwire(&conn) {
+        shared.metrics.handshake_failed(HandshakeFailure::Alpn);
+        conn.close(CLOSE_NO_ALPN.into(), b"ALPN fleetwire/1 required");
+        tracing::debug!(%remote, "QUIC client offered no ALPN: closed");
+        return;
+    }
+    let identity = identity(&conn);
     tracing::debug!(%remote, ?identity, "QUIC connection");
     let datagrams = {
-        let (conn, pipeline) = (conn.clone(), pipeline.clone());
-        tokio::spawn(async move { datagram_loop(&conn, &pipeline, identity).await })
+        let (conn, shared) = (conn.clone(), shared.clone());
+        tokio::spawn(async move { datagram_loop(&conn, &shared, identity).await })
     };
     let streams = {
-        let (conn, pipeline) = (conn.clone(), pipeline.clone());
+        let (conn, shared) = (conn.clone(), shared.clone());
         tokio::spawn(async move {
             while let Ok(recv) = conn.accept_uni().await {
-                let (pipeline, remote) = (pipeline.clone(), conn.remote_address());
-                tokio::spawn(async move { stream_loop(recv, &pipeline, identity, remote).await });
+                let (shared, remote) = (shared.clone(), conn.remote_address());
+                tokio::spawn(async move { stream_loop(recv, &shared, identity, remote).await });
             }
         })
     };
@@ -224,12 +428,30 @@ async fn handle_connection(incoming: quinn::Incoming, pipeline: &Arc<Pipeline>) 
     streams.abort();
 }
 
-async fn datagram_loop(conn: &quinn::Connection, pipeline: &Pipeline, identity: Option<u32>) {
+/// Counts DATAGRAM frames quinn dropped unread: quinn counts every frame it
+/// receives and drops the oldest when its buffer is full.
+struct DropCounter {
+    read: u64,
+    reported: u64,
+}
+
+impl DropCounter {
+    /// Called right after the buffer was found empty: every frame counted
+    /// so far was either read or dropped, so the difference is exact.
+    fn settle(&mut self, received: u64, metrics: &QuicMetrics) {
+        let dropped = received.saturating_sub(self.read);
+        if dropped > self.reported {
+            metrics.datagrams_dropped.add(dropped - self.reported);
+            self.reported = dropped;
+        }
+    }
+}
+
+async fn datagram_loop(conn: &quinn::Connection, shared: &Shared, identity: Option<u32>) {
     let source = Some(conn.remote_address());
     let mut batch: Vec<Bytes> = Vec::with_capacity(DATAGRAM_BATCH);
     let mut carry: Option<Bytes> = None;
-    let mut total_read = 0u64;
-    let mut dropped_reported = 0u64;
+    let mut drops = DropCounter { read: 0, reported: 0 };
     loop {
         match carry.take() {
             Some(b) => batch.push(b),
@@ -237,13 +459,7 @@ async fn datagram_loop(conn: &quinn::Connection, pipeline: &Pipeline, identity: 
                 Ok(b) => batch.push(b),
                 Err(_) => {
                     // Closed: whatever quinn received and we never read was dropped.
-                    let dropped = conn.stats().frame_rx.datagram.saturating_sub(total_read);
-                    if dropped > dropped_reported {
-                        pipeline
-                            .metrics()
-                            .quic_datagrams_dropped
-                            .increment(dropped - dropped_reported);
-                    }
+                    drops.settle(conn.stats().frame_rx.datagram, &shared.metrics);
                     return;
                 }
             },
@@ -259,34 +475,22 @@ async fn datagram_loop(conn: &quinn::Connection, pipeline: &Pipeline, identity: 
                 }
             }
         }
-        total_read += batch.len() as u64;
+        drops.read += batch.len() as u64;
         if drained {
-            // quinn counts every DATAGRAM frame it receives and drops the
-            // oldest when its buffer is full. Right after finding the buffer
-            // empty, every frame counted so far was either read or dropped,
-            // so the difference is exact. (If one arrived in between, it is
-            // read next round and the count waits for the next drain.)
+            // (If one arrived in between, it is read next round and the
+            // count waits for the next drain.)
             let received = conn.stats().frame_rx.datagram;
             match conn.read_datagram().now_or_never() {
                 Some(Ok(b)) => carry = Some(b),
                 Some(Err(_)) => {}
-                None => {
-                    let dropped = received.saturating_sub(total_read);
-                    if dropped > dropped_reported {
-                        pipeline
-                            .metrics()
-                            .quic_datagrams_dropped
-                            .increment(dropped - dropped_reported);
-                        dropped_reported = dropped;
-                    }
-                }
+                None => drops.settle(received, &shared.metrics),
             }
         }
-        let views: Vec<Datagram<'_>> = batch
+        let views: arrayvec::ArrayVec<Datagram<'_>, DATAGRAM_BATCH> = batch
             .iter()
             .map(|b| Datagram { bytes: b, truncated: false, source, identity })
             .collect();
-        pipeline.handle(Transport::Quic, now_ms(), &views);
+        shared.pipeline.handle(Transport::Quic, now_ms(), &views);
         drop(views);
         batch.clear();
         // quinn's datagram futures are ready as long as datagrams are
@@ -300,7 +504,7 @@ async fn datagram_loop(conn: &quinn::Connection, pipeline: &Pipeline, identity: 
 /// until it ends. A refused frame is counted and skipped; the stream goes on.
 async fn stream_loop(
     mut recv: quinn::RecvStream,
-    pipeline: &Pipeline,
+    shared: &Shared,
     identity: Option<u32>,
     remote: SocketAddr,
 ) {
@@ -313,40 +517,37 @@ async fn stream_loop(
         match read_full(&mut recv, &mut len).await {
             Ok(0) => return,
             Ok(2) => {}
-            Ok(_) | Err(_) => {
-                incomplete(pipeline, source, identity);
-                return;
-            }
+            Ok(_) | Err(_) => return incomplete(shared, source, identity),
         }
         let len = usize::from(u16::from_be_bytes(len));
         let (keep, truncated) = if len > buf.len() { (buf.len(), true) } else { (len, false) };
-        let mut got = read_full(&mut recv, &mut buf[..keep]).await.unwrap_or_default();
-        let mut rest = len - keep;
-        while got == keep && rest > 0 {
-            let mut skip = [0u8; 256];
-            let step = rest.min(skip.len());
-            match read_full(&mut recv, &mut skip[..step]).await {
-                Ok(n) if n == step => rest -= step,
-                _ => {
-                    got = 0;
-                    break;
-                }
-            }
+        let got = read_full(&mut recv, &mut buf[..keep]).await.unwrap_or_default();
+        if got != keep || !skip(&mut recv, len - keep).await {
+            return incomplete(shared, source, identity);
         }
-        if got != keep {
-            incomplete(pipeline, source, identity);
-            return;
-        }
-        pipeline.metrics().quic_stream_frames.increment(1);
+        shared.metrics.stream_frames.inc();
         let d = Datagram { bytes: &buf[..keep], truncated, source, identity };
-        pipeline.handle(Transport::Quic, now_ms(), &[d]);
+        shared.pipeline.handle(Transport::Quic, now_ms(), &[d]);
     }
 }
 
+/// Reads and discards `n` bytes; false if the stream ended first.
+async fn skip(recv: &mut quinn::RecvStream, mut n: usize) -> bool {
+    let mut scratch = [0u8; 256];
+    while n > 0 {
+        let step = n.min(scratch.len());
+        match read_full(recv, &mut scratch[..step]).await {
+            Ok(k) if k == step => n -= step,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// A stream that ended inside a frame: counted as `too_short`.
-fn incomplete(pipeline: &Pipeline, source: Option<SocketAddr>, identity: Option<u32>) {
-    pipeline.metrics().quic_stream_frames.increment(1);
-    pipeline.handle(
+fn incomplete(shared: &Shared, source: Option<SocketAddr>, identity: Option<u32>) {
+    shared.metrics.stream_frames.inc();
+    shared.pipeline.handle(
         Transport::Quic,
         now_ms(),
         &[Datagram { bytes: &[], truncated: false, source, identity }],
@@ -365,42 +566,25 @@ async fn read_full(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> std::io::Res
     Ok(n)
 }
 
-/// Builds a client configuration for `sim` / `send`: trusts `ca` (PEM),
-/// presents `cert`/`key` when given.
-pub fn client_config(
-    ca: &std::path::Path,
-    identity: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<quinn::ClientConfig, String> {
-    let roots = certs::load_roots(ca).map_err(|e| e.to_string())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    let mut tls = match identity {
-        Some((cert, key)) => {
-            let (chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) =
-                certs::load_chain_and_key(cert, key).map_err(|e| e.to_string())?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.enable_early_data = false;
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    // Ask the server to acknowledge every 10th packet (ACK frequency
-    // extension): for a stream of small datagrams, acknowledgements are
-    // otherwise a large share of the server's packets.
-    let mut ack = quinn::AckFrequencyConfig::default();
-    ack.ack_eliciting_threshold(9u32.into())
-        .max_ack_delay(Some(std::time::Duration::from_millis(10)));
-    transport
-        .keep_alive_interval(Some(std::time::Duration::from_secs(15)))
-        .datagram_send_buffer_size(CLIENT_DATAGRAM_SEND_BUFFER)
-        .ack_frequency_config(Some(ack));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_name_their_reason() {
+        assert_eq!(HandshakeFailure::of_alert(120), HandshakeFailure::Alpn);
+        assert_eq!(HandshakeFailure::of_alert(48), HandshakeFailure::UnknownCa);
+        assert_eq!(HandshakeFailure::of_alert(116), HandshakeFailure::NoCertificate);
+        assert_eq!(HandshakeFailure::of_alert(42), HandshakeFailure::BadCertificate);
+        assert_eq!(HandshakeFailure::of_alert(40), HandshakeFailure::Other);
+        let crypto = quinn::TransportErrorCode::crypto;
+        assert_eq!(HandshakeFailure::of_code(crypto(120)), HandshakeFailure::Alpn);
+        assert_eq!(HandshakeFailure::of_code(crypto(48)), HandshakeFailure::UnknownCa);
+        let not_tls = quinn::TransportErrorCode::PROTOCOL_VIOLATION;
+        assert_eq!(HandshakeFailure::of_code(not_tls), HandshakeFailure::Other);
+        assert_eq!(
+            HandshakeFailure::of(&quinn::ConnectionError::TimedOut),
+            HandshakeFailure::Timeout
+        );
+    }
 }

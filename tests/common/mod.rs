@@ -1,5 +1,7 @@
-//! Test helpers: a `fleetwire serve` process on loopback ports chosen by
-//! the kernel, its HTTP API, and the other subcommands.
+//! Test helpers: a fleetwire server on loopback ports chosen by the kernel
+//! (in-process through `server::run`, or the `fleetwire serve` binary for
+//! tests of signals, exit codes, logs and memory), its HTTP API, and the
+//! other subcommands.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -13,9 +15,20 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fleetwire");
 
-/// A running server process.
+/// How the server runs.
+enum Proc {
+    /// The `fleetwire serve` binary.
+    Child(Child),
+    /// `server::run` on a thread of this process, with its own runtime.
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<Result<fleetwire::server::RunSummary, String>>>,
+    },
+}
+
+/// A running server.
 pub struct Server {
-    pub child: Child,
+    proc: Proc,
     pub udp: SocketAddr,
     pub quic: Option<SocketAddr>,
     pub http: SocketAddr,
@@ -33,6 +46,91 @@ fn addr_after(line: &str, transport: &str) -> Option<SocketAddr> {
 }
 
 impl Server {
+    /// Runs the server in this process through `server::run`, with the
+    /// configuration `fleetwire serve` would take from `args` (on 127.0.0.1
+    /// port 0 for UDP, QUIC and HTTP, with a fresh data dir).
+    pub fn in_process(args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Server::in_process_in(&dir, args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Like [`in_process`], with a given data dir (kept by the caller).
+    pub fn in_process_in(data_dir: &Path, args: &[&str]) -> Server {
+        let dir = data_dir.to_str().expect("utf-8 path").to_string();
+        let mut full = vec![
+            "--udp-listen",
+            "127.0.0.1:0",
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dir,
+        ];
+        full.extend_from_slice(args);
+        let cfg = fleetwire::serve_config(&full).expect("configuration");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let l = fleetwire::server::Listeners::bind(&cfg).map_err(|e| e.to_string())?;
+                let _ = addr_tx.send((l.udp_addr(), l.quic_addr(), l.http_addr()));
+                let stop = async {
+                    let _ = stop_rx.await;
+                };
+                fleetwire::server::run(cfg, l, stop).await.map_err(|e| e.to_string())
+            })
+        });
+        let Ok((udp, quic, http)) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
+            panic!("in-process server did not start: {:?}", thread.join());
+        };
+        // Bound is not yet serving: wait until HTTP answers.
+        let s = Server {
+            proc: Proc::InProcess { stop: Some(stop_tx), thread: Some(thread) },
+            udp: udp.unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
+            quic,
+            http: http.expect("http listener"),
+            data_dir: data_dir.to_path_buf(),
+            log: Default::default(),
+            _tmp: None,
+        };
+        s.wait_until(30, "HTTP to answer", |s| {
+            ureq::get(&s.url("/healthz")).call().is_ok()
+        });
+        s
+    }
+
+    /// Stops an in-process server (what SIGTERM does to the binary) and
+    /// returns what it reported.
+    pub fn stop(mut self) -> fleetwire::server::RunSummary {
+        match &mut self.proc {
+            Proc::InProcess { stop, thread } => {
+                if let Some(s) = stop.take() {
+                    let _ = s.send(());
+                }
+                let t = thread.take().expect("running");
+                t.join().expect("server thread").expect("server run")
+            }
+            Proc::Child(_) => panic!("stop() is for in-process servers; use terminate()"),
+        }
+    }
+
+    /// The server process's id (binary servers only).
+    pub fn pid(&self) -> u32 {
+        match &self.proc {
+            Proc::Child(c) => c.id(),
+            Proc::InProcess { .. } => panic!("an in-process server has no process of its own"),
+        }
+    }
+
     /// Starts `fleetwire serve` on 127.0.0.1 port 0 for UDP, QUIC and HTTP,
     /// with `args` appended, and a fresh data dir.
     pub fn start(args: &[&str]) -> Server {
@@ -85,12 +183,12 @@ impl Server {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("server did not start; log:\n{}", log.lock().unwrap().join("\n"));
+                    panic!("server did not start; log:\n{}", log.lock().unwrap().join("\n"))
                 }
             }
         }
         Server {
-            child,
+            proc: Proc::Child(child),
             udp: udp.unwrap(),
             quic,
             http: http.unwrap(),
@@ -153,17 +251,20 @@ impl Server {
         self.json("/api/summary")["datagrams"][transport]["received"].as_u64().unwrap_or(0)
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits for the exit status (binary servers only).
     pub fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
         let t = Instant::now();
-        unsafe_kill(self.child.id(), "TERM");
+        let Proc::Child(child) = &mut self.proc else {
+            panic!("terminate() is for the binary; use stop()")
+        };
+        unsafe_kill(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
+            if let Some(st) = child.try_wait().expect("wait") {
                 return (st, t.elapsed());
             }
             if Instant::now() > deadline {
-                let _ = self.child.kill();
+                let _ = child.kill();
                 panic!("server did not exit within 10 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -177,8 +278,20 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.proc {
+            Proc::Child(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Proc::InProcess { stop, thread } => {
+                if let Some(s) = stop.take() {
+                    let _ = s.send(());
+                }
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+        }
     }
 }
 

@@ -41,6 +41,23 @@ def monitoring(device, seq, i):
     }
 
 
+async def refused(a, config):
+    """Connects offering a wrong or no ALPN and reports how the server refused."""
+    try:
+        async with connect(a.host, a.port, configuration=config, wait_connected=True) as client:
+            # The handshake completed: the server must close the connection.
+            try:
+                await asyncio.wait_for(client.wait_closed(), timeout=5)
+            except asyncio.TimeoutError:
+                return {"refused": False, "reason": "connection stayed open"}
+            ev = client._quic._close_event
+            return {"refused": True, "during": "after handshake",
+                    "error_code": getattr(ev, "error_code", None),
+                    "reason": getattr(ev, "reason_phrase", "")}
+    except ConnectionError as e:
+        return {"refused": True, "during": "handshake", "reason": str(e)}
+
+
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", default="127.0.0.1")
@@ -49,11 +66,17 @@ async def main():
     ap.add_argument("--device", type=int, default=31337)
     ap.add_argument("--datagrams", type=int, default=100)
     ap.add_argument("--stream-frames", type=int, default=50)
+    ap.add_argument("--alpn", default="fleetwire/1",
+                    help="the ALPN to offer ('none': offer none); anything but fleetwire/1 must be refused")
     a = ap.parse_args()
 
-    config = QuicConfiguration(is_client=True, alpn_protocols=["fleetwire/1"], max_datagram_frame_size=65536)
+    alpn_protocols = None if a.alpn == "none" else [a.alpn]
+    config = QuicConfiguration(is_client=True, alpn_protocols=alpn_protocols, max_datagram_frame_size=65536)
     config.load_verify_locations(a.ca)
     config.server_name = "localhost"
+    if a.alpn != "fleetwire/1":
+        print(json.dumps(await refused(a, config)))
+        return
     sent_datagrams = 0
     async with connect(a.host, a.port, configuration=config) as client:
         quic = client._quic

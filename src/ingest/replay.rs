@@ -15,24 +15,23 @@
 //! sequence number accepted (u32), window bits (u64), all little endian.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 use parking_lot::Mutex;
 
-use crate::snapshot::{SnapshotError, install, move_aside, read_if_exists};
+use crate::store::{self, StoreError};
 
 /// How many sequence numbers below the highest one are remembered.
-pub const WINDOW: u32 = 64;
+pub(crate) const WINDOW: u32 = 64;
 /// Name of the file in the data dir.
-pub const FILE: &str = "replay.state";
+pub(crate) const FILE: &str = "replay.state";
 const MAGIC: &[u8; 8] = b"FWREPL01";
 const SHARDS: usize = 16;
 
 /// The sliding window of one device: the highest sequence number accepted
 /// and which of the [`WINDOW`] numbers below it were accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
+pub(crate) struct Window {
     highest: u32,
     /// Bit `i` set: `highest - 1 - i` was accepted, or is from before the
     /// first frame accepted (unknown, so refused: it may be a capture).
@@ -41,13 +40,8 @@ pub struct Window {
 
 impl Window {
     /// The window after accepting the device's first frame, `seq`.
-    pub fn first(seq: u32) -> Self {
+    pub(crate) fn first(seq: u32) -> Self {
         Window { highest: seq, bits: u64::MAX }
-    }
-
-    /// The highest sequence number accepted.
-    pub fn highest(&self) -> u32 {
-        self.highest
     }
 
     /// Accepts `seq` if it was never accepted and is not older than the
@@ -55,7 +49,7 @@ impl Window {
     /// number up to 2^31 - 1 ahead of the highest is newer, so a device's
     /// counter may jump forward (a reboot that continues from a persisted
     /// value) but never go back.
-    pub fn accept(&mut self, seq: u32) -> bool {
+    pub(crate) fn accept(&mut self, seq: u32) -> bool {
         let d = seq.wrapping_sub(self.highest) as i32;
         if d > 0 {
             let d = d.unsigned_abs();
@@ -83,7 +77,7 @@ impl Window {
 /// The windows of every signed device, sharded to keep lock hold times
 /// short when several receive threads verify frames.
 #[derive(Debug)]
-pub struct ReplayWindows {
+pub(crate) struct ReplayWindows {
     shards: Box<[Mutex<HashMap<u32, Window>>]>,
 }
 
@@ -101,7 +95,7 @@ impl ReplayWindows {
     /// Accepts `seq` from `device` once (see [`Window::accept`]); the
     /// first frame of a device with no window is accepted and opens it.
     /// Call only for frames whose tag verified.
-    pub fn accept(&self, device: u32, seq: u32) -> bool {
+    pub(crate) fn accept(&self, device: u32, seq: u32) -> bool {
         let mut s = self.shard(device).lock();
         match s.get_mut(&device) {
             Some(w) => w.accept(seq),
@@ -115,7 +109,7 @@ impl ReplayWindows {
     /// Marks `seq` as seen for `device`, opening a window there (everything
     /// below counts as seen too) if it has none. For devices restored from
     /// an engine snapshot, in case the replay file was lost or damaged.
-    pub fn seed(&self, device: u32, seq: u32) {
+    pub(crate) fn seed(&self, device: u32, seq: u32) {
         let mut s = self.shard(device).lock();
         match s.get_mut(&device) {
             Some(w) => {
@@ -128,18 +122,14 @@ impl ReplayWindows {
     }
 
     /// The window of `device`, if it has one.
-    pub fn get(&self, device: u32) -> Option<Window> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, device: u32) -> Option<Window> {
         self.shard(device).lock().get(&device).copied()
     }
 
     /// Number of windows.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
-    }
-
-    /// True when there is no window.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The file's bytes.
@@ -189,25 +179,19 @@ impl ReplayWindows {
 
     /// Writes the windows atomically to `dir` (temporary file, fsync,
     /// rename). Returns the bytes written.
-    pub fn save(&self, dir: &Path) -> Result<usize, SnapshotError> {
-        let path = dir.join(FILE);
-        let io = |source| SnapshotError::Io { path: path.clone(), source };
+    pub(crate) fn save(&self, dir: &Path) -> Result<usize, StoreError> {
         let bytes = self.encode();
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        install(f, &tmp, &path, dir).map_err(io)?;
+        store::write_bytes(dir, FILE, &bytes)?;
         Ok(bytes.len())
     }
 
     /// Reads the windows saved in `dir`, if any. A damaged file is moved
-    /// aside and reported as [`SnapshotError::Corrupt`].
-    pub fn load(dir: &Path) -> Result<Option<Self>, SnapshotError> {
-        let Some(bytes) = read_if_exists(dir, FILE)? else { return Ok(None) };
+    /// aside and reported as [`StoreError::Corrupt`].
+    pub(crate) fn load(dir: &Path) -> Result<Option<Self>, StoreError> {
+        let Some(bytes) = store::read_if_exists(dir, FILE)? else { return Ok(None) };
         match Self::decode(&bytes) {
             Ok(w) => Ok(Some(w)),
-            Err(reason) => Err(move_aside(dir, FILE, reason)),
+            Err(reason) => Err(store::move_aside(dir, FILE, reason)),
         }
     }
 }

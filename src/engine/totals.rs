@@ -1,0 +1,177 @@
+//! The engine's fleet counters and their vocabulary: record kinds, filter
+//! reasons and event severities.
+
+use serde::{Deserialize, Serialize};
+
+/// What a record is (the `kind` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordKind {
+    /// A GNSS fix.
+    Position = 0,
+    /// Health and named readings.
+    Monitoring = 1,
+    /// A device event.
+    Event = 2,
+    /// Device information after boot.
+    Hello = 3,
+}
+
+impl RecordKind {
+    /// Every kind, in counter order.
+    pub(crate) const ALL: [RecordKind; 4] =
+        [RecordKind::Position, RecordKind::Monitoring, RecordKind::Event, RecordKind::Hello];
+
+    /// The `kind` label value.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Position => "position",
+            RecordKind::Monitoring => "monitoring",
+            RecordKind::Event => "event",
+            RecordKind::Hello => "hello",
+        }
+    }
+}
+
+/// Records counted by kind. Serialised as a plain array of four counts, in
+/// [`RecordKind::ALL`] order (the snapshot format).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct RecordCounts([u64; 4]);
+
+impl RecordCounts {
+    /// The count of `k`.
+    pub(crate) fn get(&self, k: RecordKind) -> u64 {
+        self.0[k as usize]
+    }
+
+    /// Counts one record of kind `k`.
+    pub(crate) fn count(&mut self, k: RecordKind) {
+        self.0[k as usize] += 1;
+    }
+
+    /// Every kind with its count.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (RecordKind, u64)> + '_ {
+        RecordKind::ALL.into_iter().map(|k| (k, self.get(k)))
+    }
+
+    /// All records.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    fn add(&mut self, o: &RecordCounts) {
+        self.0.iter_mut().zip(o.0).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// Event severities, in wire order (the `severity` label).
+pub(crate) const SEVERITIES: [&str; 5] = ["info", "notice", "warning", "error", "critical"];
+
+/// Why the plausibility filter kept a position out of the track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum FilterReason {
+    /// Fix type 0: the receiver has no fix.
+    NoFix = 0,
+    /// Exactly (0, 0): an uninitialised receiver, not a ship off Africa.
+    NullIsland = 1,
+    /// Reaching it from the last fix needs more than `max_speed`.
+    ImplausibleSpeed = 2,
+    /// Sample time too far in the future.
+    FutureTimestamp = 3,
+    /// Sample time older than `max_age`.
+    StaleTimestamp = 4,
+    /// Horizontal accuracy worse than `max_hacc`.
+    LowAccuracy = 5,
+    /// Not newer than the last accepted fix.
+    OutOfOrder = 6,
+}
+
+impl FilterReason {
+    /// Every reason, in index order.
+    pub(crate) const ALL: [FilterReason; 7] = [
+        FilterReason::NoFix,
+        FilterReason::NullIsland,
+        FilterReason::ImplausibleSpeed,
+        FilterReason::FutureTimestamp,
+        FilterReason::StaleTimestamp,
+        FilterReason::LowAccuracy,
+        FilterReason::OutOfOrder,
+    ];
+
+    /// Metric label.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            FilterReason::NoFix => "no_fix",
+            FilterReason::NullIsland => "null_island",
+            FilterReason::ImplausibleSpeed => "implausible_speed",
+            FilterReason::FutureTimestamp => "future_timestamp",
+            FilterReason::StaleTimestamp => "stale_timestamp",
+            FilterReason::LowAccuracy => "low_accuracy",
+            FilterReason::OutOfOrder => "out_of_order",
+        }
+    }
+}
+
+/// Fleet counters (monotonic except `online`), per shard and summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ShardTotals {
+    /// Records by kind.
+    pub records: RecordCounts,
+    /// Batch frames.
+    pub batches: u64,
+    /// Positions refused by the plausibility filter, by [`FilterReason`].
+    pub filtered: [u64; 7],
+    /// Events by severity.
+    pub events: [u64; 5],
+    /// Sequence numbers skipped (see [`sequence::SeqTracker::gaps`]).
+    pub gaps: u64,
+    /// Skipped numbers still awaited inside devices' windows.
+    pub pending: u64,
+    /// Extra copies.
+    pub duplicates: u64,
+    /// Frames that filled a gap late.
+    pub reordered: u64,
+    /// Frames older than the sequence window.
+    pub late: u64,
+    /// Sequence counter restarts.
+    pub restarts: u64,
+    /// Named readings dropped for exceeding the per-device name limit.
+    pub readings_dropped: u64,
+    /// Devices created (first frame, or first after eviction).
+    pub devices_created: u64,
+    /// Devices evicted to stay within `max_devices`.
+    pub evicted: u64,
+    /// Devices online at the last tick (a gauge).
+    pub online: u64,
+}
+
+impl ShardTotals {
+    /// Frames missing right now (skipped, not arrived since).
+    pub(crate) fn lost(&self) -> u64 {
+        self.gaps.saturating_sub(self.reordered)
+    }
+
+    /// Frames confirmed lost (out of the window without arriving): monotonic.
+    pub(crate) fn lost_confirmed(&self) -> u64 {
+        self.gaps.saturating_sub(self.reordered + self.pending)
+    }
+
+    pub(crate) fn add(&mut self, o: &ShardTotals) {
+        let add = |a: &mut [u64], b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        self.records.add(&o.records);
+        add(&mut self.filtered, &o.filtered);
+        add(&mut self.events, &o.events);
+        self.batches += o.batches;
+        self.gaps += o.gaps;
+        self.pending += o.pending;
+        self.duplicates += o.duplicates;
+        self.reordered += o.reordered;
+        self.late += o.late;
+        self.restarts += o.restarts;
+        self.readings_dropped += o.readings_dropped;
+        self.devices_created += o.devices_created;
+        self.evicted += o.evicted;
+        self.online += o.online;
+    }
+}

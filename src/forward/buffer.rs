@@ -1,0 +1,305 @@
+//! The bounded buffer between the ingest path and the NATS publisher: the
+//! pipeline pushes every new record (never waiting), the publisher takes
+//! batches; when full, the oldest record is dropped and counted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use fleetwire_proto::{Body, Frame, MAX_FRAME_LEN, Record, encode};
+use parking_lot::Mutex;
+
+use super::config::NatsConfig;
+use crate::ingest::{NewRecords, RecordSink, Transport};
+use crate::telemetry::{Counter, Gauge, Registry};
+
+/// One record waiting to be published.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    /// `<subject_prefix>.<device>.<kind>`.
+    pub(crate) subject: String,
+    /// `Nats-Msg-Id`: device, sequence, sample index and CRC, so a retried
+    /// publish is de-duplicated by JetStream.
+    pub(crate) msg_id: String,
+    /// The record as a standalone frame.
+    pub(crate) payload: Bytes,
+    /// Server receive time, Unix ms.
+    pub(crate) received_ms: u64,
+    /// Transport it came in on.
+    pub(crate) transport: Transport,
+}
+
+/// The forwarder's series; `/api/summary` reads the same handles.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ForwardMetrics {
+    /// Records queued.
+    pub(crate) enqueued: Counter,
+    /// Records handed to NATS (retries included).
+    pub(crate) published: Counter,
+    /// Records JetStream acknowledged (stored in the stream).
+    pub(crate) acknowledged: Counter,
+    /// Publishes that failed or were not acknowledged in time (then retried).
+    pub(crate) failed: Counter,
+    /// Records dropped because the buffer was full (the oldest first), or
+    /// still buffered when shutdown's drain time ran out.
+    pub(crate) dropped: Counter,
+    /// Records waiting.
+    pub(crate) buffered: Gauge,
+    /// 1 while connected with the stream ready.
+    pub(crate) connected: Gauge,
+}
+
+impl ForwardMetrics {
+    fn register(r: &Registry) -> Self {
+        ForwardMetrics {
+            enqueued: r.counter(
+                "fleetwire_forward_enqueued_total",
+                "Records queued for NATS JetStream (every record the engine accepted).",
+                &[],
+            ),
+            published: r.counter(
+                "fleetwire_forward_published_total",
+                "Records handed to NATS JetStream (retries included).",
+                &[],
+            ),
+            acknowledged: r.counter(
+                "fleetwire_forward_acknowledged_total",
+                "Records JetStream acknowledged (stored in the stream).",
+                &[],
+            ),
+            failed: r.counter(
+                "fleetwire_forward_failed_total",
+                "Publishes that failed or were not acknowledged in time (the record is retried).",
+                &[],
+            ),
+            dropped: r.counter(
+                "fleetwire_forward_dropped_total",
+                "Records dropped because the forwarding buffer was full (oldest first).",
+                &[],
+            ),
+            buffered: r.gauge(
+                "fleetwire_forward_buffered",
+                "Records waiting to be published to NATS.",
+                &[],
+            ),
+            connected: r.gauge(
+                "fleetwire_forward_connected",
+                "1 while the NATS publisher is connected and its stream is ready.",
+                &[],
+            ),
+        }
+    }
+}
+
+/// The bounded buffer between the ingest path and the publisher.
+pub(crate) struct Forwarder {
+    pub(super) cfg: NatsConfig,
+    queue: Mutex<VecDeque<Pending>>,
+    pub(super) notify: tokio::sync::Notify,
+    pub(crate) metrics: ForwardMetrics,
+    connected: AtomicBool,
+    /// No more records will come (the receive path has stopped).
+    closed: AtomicBool,
+}
+
+impl Forwarder {
+    /// A forwarder for `cfg`, registering its series with `registry`.
+    pub(crate) fn new(cfg: NatsConfig, registry: &Registry) -> Self {
+        Forwarder::with_metrics(cfg, ForwardMetrics::register(registry))
+    }
+
+    fn with_metrics(cfg: NatsConfig, metrics: ForwardMetrics) -> Self {
+        Forwarder {
+            queue: Mutex::new(VecDeque::with_capacity(cfg.buffer.min(1 << 16))),
+            cfg,
+            notify: tokio::sync::Notify::new(),
+            metrics,
+            connected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the publisher is connected.
+    pub(crate) fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Records waiting.
+    pub(crate) fn buffered(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    /// Says that no more records will come: the publisher ends once the
+    /// buffer is empty.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn push_all(&self, items: impl IntoIterator<Item = Pending>, front: bool) {
+        let mut q = self.queue.lock();
+        let mut dropped = 0u64;
+        let mut n = 0u64;
+        for p in items {
+            if front {
+                // Retried records are older than everything queued: when
+                // the buffer is full they are the oldest, so they go.
+                // (Callers push retries newest first.)
+                if q.len() >= self.cfg.buffer {
+                    dropped += 1;
+                } else {
+                    q.push_front(p);
+                }
+            } else {
+                if q.len() >= self.cfg.buffer {
+                    q.pop_front();
+                    dropped += 1;
+                }
+                q.push_back(p);
+                n += 1;
+            }
+        }
+        let len = q.len();
+        drop(q);
+        self.metrics.enqueued.add(n);
+        self.metrics.dropped.add(dropped);
+        self.metrics.buffered.set(len as f64);
+        self.notify.notify_one();
+    }
+
+    /// Queues every record of an accepted frame. Never blocks on NATS.
+    pub(crate) fn push_frame(&self, frame: &Frame<'_>, now_ms: u64, transport: Transport) {
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        let base = if frame.timestamp_ms == 0 { now_ms } else { frame.timestamp_ms };
+        let mut out: arrayvec::ArrayVec<Pending, 16> = arrayvec::ArrayVec::new();
+        let mut one =
+            |idx: usize, t_ms: u64, body: Body<'_>, out: &mut arrayvec::ArrayVec<Pending, 16>| {
+                let f = Frame::new(frame.device_id, frame.sequence, t_ms, body);
+                let Ok(n) = encode(&f, &mut buf) else { return };
+                let payload = Bytes::copy_from_slice(&buf[..n]);
+                let crc = fleetwire_proto::crc32c(&payload);
+                let p = Pending {
+                    subject: format!(
+                        "{}.{}.{}",
+                        self.cfg.subject_prefix,
+                        frame.device_id,
+                        body.kind().as_str()
+                    ),
+                    msg_id: format!("{}-{}-{}-{:08x}", frame.device_id, frame.sequence, idx, crc),
+                    payload,
+                    received_ms: now_ms,
+                    transport,
+                };
+                if out.is_full() {
+                    self.push_all(out.drain(..), false);
+                }
+                out.push(p);
+            };
+        match &frame.body {
+            Body::Batch(b) => {
+                for (i, s) in b.samples.iter().enumerate() {
+                    let t = base.saturating_sub(u64::from(s.offset_ms));
+                    let body = match s.record {
+                        Record::Position(p) => Body::Position(p),
+                        Record::Monitoring(m) => Body::Monitoring(m),
+                        Record::Event(e) => Body::Event(e),
+                    };
+                    one(i, t, body, &mut out);
+                }
+            }
+            body => one(0, base, *body, &mut out),
+        }
+        self.push_all(out, false);
+    }
+
+    pub(super) fn take(&self, n: usize) -> Vec<Pending> {
+        let mut q = self.queue.lock();
+        let k = n.min(q.len());
+        let v: Vec<Pending> = q.drain(..k).collect();
+        self.metrics.buffered.set(q.len() as f64);
+        v
+    }
+
+    /// Counts what is still buffered as dropped (at shutdown, when the
+    /// drain time is over), so nothing accepted goes unaccounted.
+    pub(super) fn drop_remaining(&self) {
+        let n = {
+            let mut q = self.queue.lock();
+            let n = q.len();
+            q.clear();
+            n as u64
+        };
+        if n > 0 {
+            tracing::warn!(
+                records = n,
+                "shutting down with records not yet forwarded to NATS: counted as dropped"
+            );
+            self.metrics.dropped.add(n);
+        }
+        self.metrics.buffered.set(0.0);
+    }
+
+    pub(super) fn set_connected(&self, c: bool) {
+        self.connected.store(c, Ordering::Relaxed);
+        self.metrics.connected.set(if c { 1.0 } else { 0.0 });
+    }
+}
+
+impl RecordSink for Forwarder {
+    fn push(&self, records: &NewRecords<'_>) {
+        for f in records.frames() {
+            self.push_frame(f, records.now_ms, records.transport);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetwire_proto::{Batch, Event, Sample, Seq, Severity};
+
+    #[test]
+    fn batches_become_one_message_per_sample_and_the_buffer_drops_oldest() {
+        let fw = Forwarder::with_metrics(
+            NatsConfig { buffer: 5, ..NatsConfig::default() },
+            ForwardMetrics::default(),
+        );
+        let ev = |c| Record::Event(Event { code: c, severity: Severity::Info, text: None });
+        let samples: Vec<Sample<'_>> =
+            (0..3).map(|i| Sample { offset_ms: 1000 * (3 - i), record: ev(i as u16) }).collect();
+        let f = Frame::new(9, 4, 10_000, Body::Batch(Batch { samples: Seq::from_slice(&samples) }));
+        fw.push_frame(&f, 20_000, Transport::Udp);
+        assert_eq!(fw.buffered(), 3);
+        let got = fw.take(10);
+        assert_eq!(got[0].subject, "fleetwire.9.event");
+        let first = fleetwire_proto::decode(&got[0].payload).unwrap();
+        assert_eq!((first.device_id, first.sequence, first.timestamp_ms), (9, 4, 7_000));
+        assert_ne!(got[0].msg_id, got[1].msg_id);
+        for i in 0..4u32 {
+            fw.push_frame(
+                &Frame::new(
+                    9,
+                    10 + i,
+                    0,
+                    Body::Event(Event { code: 1, severity: Severity::Info, text: None }),
+                ),
+                1,
+                Transport::Quic,
+            );
+        }
+        fw.push_frame(&f, 20_000, Transport::Udp);
+        assert_eq!(fw.buffered(), 5);
+        assert_eq!(fw.metrics.dropped.get(), 2);
+        let left = fw.take(10);
+        assert_eq!(
+            fleetwire_proto::decode(&left[0].payload).unwrap().sequence,
+            12,
+            "the oldest went first"
+        );
+    }
+}

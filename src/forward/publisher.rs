@@ -1,0 +1,180 @@
+//! The publisher task: drains the forwarding buffer into a JetStream
+//! stream with batched, acknowledged publishes, reconnecting with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::buffer::{Forwarder, Pending};
+use super::config::NatsConfig;
+
+async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("fleetwire")
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None);
+    if !cfg.user.is_empty() {
+        opts = opts.user_and_password(cfg.user.clone(), cfg.password.clone());
+    }
+    if !cfg.token.is_empty() {
+        opts = opts.token(cfg.token.clone());
+    }
+    if !cfg.creds_file.as_os_str().is_empty() {
+        opts =
+            opts.credentials_file(&cfg.creds_file).await.map_err(|e| format!("creds_file: {e}"))?;
+    }
+    let urls: Vec<async_nats::ServerAddr> = cfg
+        .url
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("url: {e}"))?;
+    opts.connect(urls).await.map_err(|e| e.to_string())
+}
+
+fn stream_config(cfg: &NatsConfig) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{Config, StorageType};
+    Config {
+        name: cfg.stream.clone(),
+        subjects: vec![format!("{}.>", cfg.subject_prefix)],
+        max_age: cfg.max_age,
+        max_bytes: if cfg.max_bytes > 0 { cfg.max_bytes } else { -1 },
+        max_messages: if cfg.max_messages > 0 { cfg.max_messages } else { -1 },
+        storage: if cfg.storage == "memory" { StorageType::Memory } else { StorageType::File },
+        num_replicas: cfg.replicas,
+        duplicate_window: cfg.duplicate_window,
+        ..Default::default()
+    }
+}
+
+/// Runs the publisher until the buffer is closed and empty. Once `stop` is
+/// cancelled it keeps publishing for at most `drain_for` (however NATS is
+/// doing), then counts whatever is still buffered as dropped.
+pub(crate) async fn run(fw: Arc<Forwarder>, stop: CancellationToken, drain_for: Duration) {
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(drain_for).await;
+    };
+    tokio::select! {
+        _ = publish(&fw) => {}
+        _ = deadline => {}
+    }
+    fw.drop_remaining();
+    fw.set_connected(false);
+}
+
+/// Waits `backoff` and returns the next one (doubling to 5 s).
+async fn back_off(backoff: Duration) -> Duration {
+    tokio::time::sleep(backoff).await;
+    (backoff * 2).min(Duration::from_secs(5))
+}
+
+/// Connects, makes sure the stream exists and publishes until the buffer
+/// is closed and empty; on a lost connection, starts over.
+async fn publish(fw: &Forwarder) {
+    let cfg = fw.cfg.clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if fw.is_closed() && fw.buffered() == 0 {
+            return;
+        }
+        let client = match connect(&cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, url = %cfg.url, "NATS connect failed; retrying");
+                backoff = back_off(backoff).await;
+                continue;
+            }
+        };
+        let js = async_nats::jetstream::new(client.clone());
+        if let Err(e) = js.get_or_create_stream(stream_config(&cfg)).await {
+            tracing::warn!(error = %e, stream = %cfg.stream, "JetStream stream unavailable; retrying");
+            backoff = back_off(backoff).await;
+            continue;
+        }
+        tracing::info!(url = %cfg.url, stream = %cfg.stream, "forwarding accepted records to NATS JetStream");
+        fw.set_connected(true);
+        backoff = Duration::from_millis(100);
+        loop {
+            let batch = fw.take(cfg.batch);
+            if batch.is_empty() {
+                if fw.is_closed() {
+                    return;
+                }
+                tokio::select! {
+                    _ = fw.notify.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
+            if let Err(retry) = publish_batch(&js, fw, batch).await {
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                fw.set_connected(connected);
+                fw.push_all(retry.into_iter().rev(), true);
+                backoff = back_off(backoff).await;
+                if !connected {
+                    // async-nats reconnects by itself; re-check the stream afterwards.
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Publishes a batch and waits for every acknowledgement. Returns the
+/// records to retry, if any failed.
+async fn publish_batch(
+    js: &async_nats::jetstream::Context,
+    fw: &Forwarder,
+    batch: Vec<Pending>,
+) -> Result<(), Vec<Pending>> {
+    let mut acks = Vec::with_capacity(batch.len());
+    let mut failed: Vec<Pending> = Vec::new();
+    let mut iter = batch.into_iter();
+    for p in iter.by_ref() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", p.msg_id.as_str());
+        h.insert("Fleetwire-Received-Ms", p.received_ms.to_string().as_str());
+        h.insert("Fleetwire-Transport", p.transport.as_str());
+        match js.publish_with_headers(p.subject.clone(), h, p.payload.clone()).await {
+            Ok(ack) => {
+                fw.metrics.published.inc();
+                acks.push((p, ack));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "publish failed");
+                fw.metrics.failed.inc();
+                failed.push(p);
+                break;
+            }
+        }
+    }
+    failed.extend(iter);
+    let results = futures_util::future::join_all(acks.into_iter().map(|(p, ack)| async move {
+        match tokio::time::timeout(Duration::from_secs(10), ack).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err((p, e.to_string())),
+            Err(_) => Err((p, "acknowledgement timed out".to_string())),
+        }
+    }))
+    .await;
+    let mut nack = Vec::new();
+    for r in results {
+        match r {
+            Ok(()) => {
+                fw.metrics.acknowledged.inc();
+            }
+            Err((p, e)) => {
+                tracing::debug!(error = %e, "publish not acknowledged");
+                fw.metrics.failed.inc();
+                nack.push(p);
+            }
+        }
+    }
+    // Retry in the original order: acknowledged ones are done, the rest
+    // (not acknowledged, then never sent) go back to the front.
+    nack.extend(failed);
+    if nack.is_empty() { Ok(()) } else { Err(nack) }
+}

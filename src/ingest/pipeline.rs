@@ -1,0 +1,190 @@
+//! The path every datagram takes, whatever its transport: count, decode,
+//! apply the server's policies, hand accepted frames to the engine in a
+//! batch, pass the frames that brought new records to the record sinks
+//! (forwarding, live streams), and count the outcome once per batch.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrayvec::ArrayVec;
+use fleetwire_proto::{DecodeError, Frame, decode};
+
+use super::counters::IngestCounters;
+use super::policy::Policy;
+use super::reason::{Reason, Transport};
+use crate::engine::{Accepted, Engine};
+
+/// One received datagram (or QUIC stream record).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Datagram<'a> {
+    /// Its bytes (possibly cut short, see `truncated`).
+    pub(crate) bytes: &'a [u8],
+    /// The kernel cut it to fit the receive buffer: it was longer than any frame.
+    pub(crate) truncated: bool,
+    /// Source address, when known.
+    pub(crate) source: Option<SocketAddr>,
+    /// Device id proven by a QUIC client certificate.
+    pub(crate) identity: Option<u32>,
+}
+
+/// Outcome counts of one [`Pipeline::handle`] call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BatchOutcome {
+    /// Accepted.
+    pub(crate) accepted: u64,
+    /// Refused.
+    pub(crate) rejected: u64,
+}
+
+/// The frames of one engine batch that brought new records (duplicates,
+/// replays and refused datagrams are not in it), as a record sink sees them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewRecords<'a> {
+    /// Where they came from.
+    pub(crate) transport: Transport,
+    /// When they arrived (server clock, Unix ms).
+    pub(crate) now_ms: u64,
+    batch: &'a [Accepted<'a>],
+    applied: u64,
+}
+
+impl<'a> NewRecords<'a> {
+    /// The frames, in arrival order.
+    pub(crate) fn frames(&self) -> impl Iterator<Item = &'a Frame<'a>> + '_ {
+        let applied = self.applied;
+        self.batch
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| applied & (1 << i) != 0)
+            .map(|(_, a)| &a.frame)
+    }
+
+    /// Whether there is none.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.applied == 0
+    }
+}
+
+/// Where accepted records go besides the engine (the seam forwarding and
+/// live streams plug into). Called on the receive path: an implementation
+/// must not block or wait for anything slower than a short lock.
+pub(crate) trait RecordSink: Send + Sync {
+    /// Takes the new records of one batch of at most 64 frames.
+    fn push(&self, records: &NewRecords<'_>);
+}
+
+/// The shared ingest path.
+pub(crate) struct Pipeline {
+    engine: Arc<Engine>,
+    counters: IngestCounters,
+    policy: Policy,
+    sinks: Vec<Arc<dyn RecordSink>>,
+    last_debug_ms: AtomicU64,
+}
+
+/// Frames per engine call (and bits of [`crate::engine::IngestOutcome::applied`]).
+const CHUNK: usize = 64;
+
+impl Pipeline {
+    /// A pipeline feeding `engine` under `policy`, counting into `counters`.
+    pub(crate) fn new(engine: Arc<Engine>, counters: IngestCounters, policy: Policy) -> Self {
+        Pipeline { engine, counters, policy, sinks: Vec::new(), last_debug_ms: AtomicU64::new(0) }
+    }
+
+    /// Also passes every batch's new records to `sink`.
+    pub(crate) fn with_sink(mut self, sink: Arc<dyn RecordSink>) -> Self {
+        self.sinks.push(sink);
+        self
+    }
+
+    /// The counters of every transport.
+    pub(crate) fn counters(&self) -> &IngestCounters {
+        &self.counters
+    }
+
+    /// The policies (keys, rate limits).
+    pub(crate) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// At most one debug line per second about refused datagrams.
+    fn debug_refusal(&self, now_ms: u64, t: Transport, reason: Reason, d: &Datagram<'_>) {
+        let last = self.last_debug_ms.load(Ordering::Relaxed);
+        if now_ms >= last.saturating_add(1000)
+            && self
+                .last_debug_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::debug!(
+                transport = t.as_str(),
+                reason = reason.as_str(),
+                source = ?d.source,
+                len = d.bytes.len(),
+                "datagram refused (at most one such line per second)"
+            );
+        }
+    }
+
+    /// Processes datagrams that arrived at `now_ms` on transport `t`.
+    pub(crate) fn handle(
+        &self,
+        t: Transport,
+        now_ms: u64,
+        datagrams: &[Datagram<'_>],
+    ) -> BatchOutcome {
+        let counters = self.counters.of(t);
+        let mut out = BatchOutcome::default();
+        let mut rejected = [0u64; Reason::ALL.len()];
+        let mut bytes = 0u64;
+        for chunk in datagrams.chunks(CHUNK) {
+            let mut batch: ArrayVec<Accepted<'_>, CHUNK> = ArrayVec::new();
+            for d in chunk {
+                bytes += d.bytes.len() as u64;
+                match self.check(t, now_ms, d) {
+                    Ok(a) => batch.push(a),
+                    Err(reason) => {
+                        rejected[reason.index(t)] += 1;
+                        out.rejected += 1;
+                        self.debug_refusal(now_ms, t, reason, d);
+                    }
+                }
+            }
+            let done = self.engine.ingest(now_ms, &batch);
+            let new = NewRecords { transport: t, now_ms, batch: &batch, applied: done.applied };
+            if !new.is_empty() {
+                for s in &self.sinks {
+                    s.push(&new);
+                }
+            }
+            out.accepted += batch.len() as u64;
+        }
+        counters.received.add(datagrams.len() as u64);
+        counters.bytes.add(bytes);
+        counters.accepted.add(out.accepted);
+        for (c, n) in counters.rejected.iter().zip(rejected) {
+            c.add(n);
+        }
+        out
+    }
+
+    fn check<'a>(
+        &self,
+        t: Transport,
+        now_ms: u64,
+        d: &Datagram<'a>,
+    ) -> Result<Accepted<'a>, Reason> {
+        if d.truncated {
+            return Err(Reason::Decode(DecodeError::TooLong));
+        }
+        let frame = decode(d.bytes).map_err(Reason::Decode)?;
+        if let Some(id) = d.identity {
+            if frame.device_id != id {
+                return Err(Reason::IdentityMismatch);
+            }
+        }
+        self.policy.check(t, now_ms, d.source, &frame)?;
+        Ok(Accepted { frame, bytes: d.bytes.len() })
+    }
+}

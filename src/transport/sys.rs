@@ -1,0 +1,150 @@
+//! The system calls the standard library does not wrap: `recvmmsg(2)`,
+//! `sendmmsg(2)` and `SO_RCVBUFFORCE`. The only `unsafe` code of the server;
+//! every block says why it is sound.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+
+/// The address the kernel wrote into a sockaddr_storage.
+fn sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: ss_family says it holds a sockaddr_in, which
+            // sockaddr_storage is large and aligned enough for.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Most datagrams per call.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// SO_RCVBUFFORCE: a receive buffer beyond net.core.rmem_max, allowed
+/// with CAP_NET_ADMIN.
+pub(crate) fn set_rcvbuf_force(socket: &socket2::Socket, bytes: usize) -> io::Result<()> {
+    let v: libc::c_int = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the
+    // size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Sends up to 64 datagrams on a connected socket; returns how many went.
+pub(crate) fn sendmmsg(socket: &UdpSocket, datagrams: &[Vec<u8>]) -> io::Result<usize> {
+    let n = datagrams.len().min(64);
+    let mut iovecs: [libc::iovec; 64] =
+        [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 64];
+    // SAFETY: mmsghdr is plain old data; all-zero is valid.
+    let mut hdrs: [libc::mmsghdr; 64] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovecs[i] =
+            libc::iovec { iov_base: datagrams[i].as_ptr() as *mut _, iov_len: datagrams[i].len() };
+        hdrs[i].msg_hdr.msg_iov = &mut iovecs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: each header points at an iovec describing a live datagram
+    // buffer, which the kernel only reads; the socket is connected, so no
+    // address is needed.
+    let r = unsafe { libc::sendmmsg(socket.as_raw_fd(), hdrs.as_mut_ptr(), n as _, 0) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+}
+
+/// Preallocated buffers and headers for one `recvmmsg` call.
+pub(crate) struct Batch {
+    slot: usize,
+    bufs: Vec<u8>,
+    iovecs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// The raw pointers in `iovecs` and `hdrs` point into `bufs`, `iovecs`
+// and `addrs`, which the Batch owns and never reallocates.
+unsafe impl Send for Batch {}
+
+impl Batch {
+    pub(crate) fn new(n: usize, slot: usize) -> Self {
+        let n = n.clamp(1, MAX_BATCH);
+        let mut bufs = vec![0u8; n * slot];
+        // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+        let mut addrs: Vec<libc::sockaddr_storage> = vec![unsafe { std::mem::zeroed() }; n];
+        let mut iovecs: Vec<libc::iovec> = bufs
+            .chunks_mut(slot)
+            .map(|c| libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() })
+            .collect();
+        let hdrs = iovecs
+            .iter_mut()
+            .zip(addrs.iter_mut())
+            .map(|(iov, addr)| {
+                // SAFETY: mmsghdr is plain old data; all-zero is valid.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = iov;
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+                h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                h
+            })
+            .collect();
+        Batch { slot, bufs, iovecs, addrs, hdrs }
+    }
+
+    /// Reads up to a batch of datagrams. With `block`, waits (up to the
+    /// socket's read timeout) for the first one; never waits for more
+    /// (MSG_WAITFORONE).
+    pub(crate) fn recv(&mut self, socket: &UdpSocket, block: bool) -> io::Result<usize> {
+        for h in &mut self.hdrs {
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        let flags = if block { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT };
+        // SAFETY: every header points at a live iovec and sockaddr_storage
+        // owned by self, each iovec at a live `slot`-byte region of
+        // self.bufs; the kernel writes at most that much into each.
+        let n = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as _,
+                flags as _,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    }
+
+    /// Datagram `i` of the last call: bytes, truncated, source.
+    pub(crate) fn get(&self, i: usize) -> (&[u8], bool, Option<SocketAddr>) {
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(self.slot);
+        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let start = i * self.slot;
+        let source = sockaddr(&self.addrs[i]);
+        let _ = &self.iovecs;
+        (&self.bufs[start..start + len], truncated, source)
+    }
+}
