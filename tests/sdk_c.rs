@@ -1008,6 +1008,23 @@ fn sanitized_c_code_agrees_with_rust_too() {
     check_outcome_mix(&outcomes, 3);
 }
 
+#[test]
+fn the_c_result_labels_are_the_rust_decode_error_labels() {
+    let out = Command::new(harness()).arg("labels").output().expect("run harness labels");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let labels: Vec<&str> =
+        text.lines().map(|l| l.split_once(' ').expect("'<code> <label>'").1).collect();
+    // FW_OK, then the refusals in check order, exactly as DecodeError::ALL.
+    assert_eq!(labels[0], "ok");
+    let rust: Vec<&str> = DecodeError::ALL.iter().map(|e| e.as_str()).collect();
+    assert_eq!(labels[1..=rust.len()], rust[..]);
+    // The codes after them are not decode refusals and use no Rust label.
+    for l in &labels[rust.len() + 1..] {
+        assert!(DecodeError::from_label(l).is_none(), "{l} is a decode label");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The golden vectors, in C
 

@@ -11,6 +11,8 @@
  *       Reads lines "<hex> <key hex or ->" from stdin and answers each with
  *       "ok <description>" or "err <label>" (the key, when given, verifies
  *       the tag of a frame that has one).
+ *   harness labels
+ *       Every result code and its label, "<code> <label>" a line.
  *
  * A description is the frame in wire values, one token per field:
  *   <device> <sequence> <timestamp> <auth 0|1> <body>
@@ -594,6 +596,13 @@ int main(int argc, char **argv)
     if (argc == 2 && strcmp(argv[1], "decode") == 0) {
         return decode_lines();
     }
-    fprintf(stderr, "usage: harness gen SEED COUNT | harness decode\n");
+    if (argc == 2 && strcmp(argv[1], "labels") == 0) {
+        int r;
+        for (r = FW_OK; r <= FW_END; r++) {
+            printf("%d %s\n", r, fw_result_str((fw_result)r));
+        }
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    fprintf(stderr, "usage: harness gen SEED COUNT | harness decode | harness labels\n");
     return 64;
 }
