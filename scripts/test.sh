@@ -27,6 +27,9 @@ fi
 step "cargo test --workspace"
 cargo test --workspace
 
+step "C SDK (sdk/c): gcc/clang -Werror, ASan+UBSan, C++, Cortex-M4 build and size table"
+sdk/c/test.sh
+
 step "Python SDK (sdk/python): golden vectors, sender, CLI, live server"
 python3 -m pytest -q sdk/python
 

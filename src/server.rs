@@ -156,16 +156,25 @@ struct Saver {
     store: Store,
     engine: Arc<Engine>,
     pipeline: Arc<Pipeline>,
+    /// Periodic saves give up at the stop signal: the final one follows.
+    stop: CancellationToken,
     snapshots: Counter,
     failures: Counter,
 }
 
 impl Saver {
-    fn new(store: Store, engine: Arc<Engine>, pipeline: Arc<Pipeline>, r: &Registry) -> Self {
+    fn new(
+        store: Store,
+        engine: Arc<Engine>,
+        pipeline: Arc<Pipeline>,
+        stop: CancellationToken,
+        r: &Registry,
+    ) -> Self {
         Saver {
             store,
             engine,
             pipeline,
+            stop,
             snapshots: r.counter(
                 "fleetwire_snapshots_total",
                 "Device-state snapshots written to the data dir.",
@@ -180,18 +189,25 @@ impl Saver {
     }
 
     /// Saves now (blocking); returns whether it worked. Saves never
-    /// overlap: the store lets one writer in at a time.
-    fn save(&self) -> bool {
+    /// overlap: the store lets one writer in at a time. A `periodic` save
+    /// gives up between two shards once the stop signal came (the final
+    /// save, which is not periodic, writes the newer state right after).
+    fn save(&self, periodic: bool) -> bool {
         let t = Instant::now();
+        let cancel = || periodic && self.stop.is_cancelled();
         let r = self.store.exclusive(|dir| -> Result<(usize, usize), StoreError> {
             self.pipeline.policy().replay_windows().save(dir)?;
-            snapshot::write_engine(&self.engine, dir, now_ms())
+            snapshot::write_engine(&self.engine, dir, now_ms(), &cancel)
         });
         match r {
             Ok((bytes, devices)) => {
                 self.snapshots.inc();
                 tracing::debug!(devices, bytes, elapsed = ?t.elapsed(), "snapshot written");
                 true
+            }
+            Err(StoreError::Cancelled) => {
+                tracing::debug!(elapsed = ?t.elapsed(), "periodic snapshot given up: stopping");
+                false
             }
             Err(e) => {
                 self.failures.inc();
@@ -202,9 +218,9 @@ impl Saver {
     }
 
     /// [`save`](Self::save) on a blocking thread.
-    async fn save_async(self: &Arc<Self>) -> bool {
+    async fn save_async(self: &Arc<Self>, periodic: bool) -> bool {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.save()).await.unwrap_or(false)
+        tokio::task::spawn_blocking(move || me.save(periodic)).await.unwrap_or(false)
     }
 }
 
@@ -243,12 +259,9 @@ impl Running {
         let mut listening = Vec::new();
         let udp = start_udp(&cfg, listeners.udp, &pipeline, &registry, &stop, &mut listening)?;
         let quic = start_quic(&cfg, listeners.quic, &pipeline, &registry, &mut listening)?;
-        let saver = Arc::new(Saver::new(
-            Store::new(&cfg.data_dir),
-            engine.clone(),
-            pipeline.clone(),
-            &registry,
-        ));
+        let store = Store::new(&cfg.data_dir);
+        let saver =
+            Arc::new(Saver::new(store, engine.clone(), pipeline.clone(), stop.clone(), &registry));
         let http = match listeners.http {
             Some(l) => {
                 let state = HttpState {
@@ -288,15 +301,15 @@ impl Running {
 
     /// Stops the server, in this order:
     /// 1. the stop signal: receive threads read what is queued in their
-    ///    sockets (1 s at most), HTTP finishes the requests in progress, the
-    ///    upkeep task finishes a snapshot it is writing, the forwarder's
-    ///    drain time (2 s) starts;
+    ///    sockets (1 s at most), HTTP finishes the requests in progress, a
+    ///    periodic snapshot being written is given up between two shards
+    ///    (the old file stays), the forwarder's drain time (2 s) starts;
     /// 2. the UDP receive threads end; the QUIC endpoint closes (each
     ///    connection hands what it has read to the pipeline first);
     /// 3. nothing can be accepted any more: the forwarder is told, publishes
     ///    what is buffered and counts what it could not as dropped;
-    /// 4. the upkeep task ends (awaited, never aborted, so no snapshot is
-    ///    cut off); HTTP ends;
+    /// 4. the upkeep task ends (awaited, never aborted: no snapshot is cut
+    ///    off mid-file, none overlaps the next); HTTP ends;
     /// 5. the final tick and the final snapshot (after every other save,
     ///    which the store serialises anyway), then the totals are logged.
     pub async fn shutdown(self) -> RunSummary {
@@ -318,7 +331,7 @@ impl Running {
             let _ = tokio::time::timeout(HTTP_DRAIN, t).await;
         }
         self.engine.tick(now_ms());
-        let snapshot = if self.cfg.snapshot && self.saver.save_async().await {
+        let snapshot = if self.cfg.snapshot && self.saver.save_async(false).await {
             Some(self.cfg.data_dir.join(snapshot::FILE))
         } else {
             None
@@ -454,7 +467,8 @@ fn start_http(
 /// Phase 6: once a second the engine's tick (online/offline, series
 /// expiry), every `snapshot_interval` a snapshot, and a keys reload on
 /// SIGHUP; until the stop signal, which it sees only between two of these,
-/// so a snapshot in progress is always finished.
+/// so a snapshot in progress is finished or, at the stop signal, given up
+/// between two shards (the final snapshot follows).
 async fn upkeep(
     snap_every: Option<Duration>,
     saver: Arc<Saver>,
@@ -467,13 +481,19 @@ async fn upkeep(
     let mut last_snap = Instant::now();
     loop {
         tokio::select! {
+            // The stop signal first: a tick that is due must not start
+            // another snapshot after it.
+            biased;
             _ = stop.cancelled() => return,
             _ = hup.recv() => reload_keys(pipeline.policy()),
             _ = tick.tick() => {
                 saver.engine.tick(now_ms());
                 if snap_every.is_some_and(|every| last_snap.elapsed() >= every) {
+                    saver.save_async(true).await;
+                    // The interval runs from the end of a save, so a save
+                    // longer than the interval is not followed at once by
+                    // the next.
                     last_snap = Instant::now();
-                    saver.save_async().await;
                 }
             }
         }

@@ -116,25 +116,37 @@ pub(crate) fn write(dir: &Path, snap: &Snapshot) -> Result<usize, StoreError> {
 }
 
 /// Writes the engine's state atomically into `dir`, one shard at a time.
-/// Returns the bytes written and the number of devices.
+/// Returns the bytes written and the number of devices. Between two shards
+/// it asks `cancel`; when that says yes, the write is given up (the old
+/// file stays) and the result is [`StoreError::Cancelled`].
 pub(crate) fn write_engine(
     engine: &Engine,
     dir: &Path,
     now_ms: u64,
+    cancel: &dyn Fn() -> bool,
 ) -> Result<(usize, usize), StoreError> {
     let totals = engine.summary().totals;
     let mut count = 0;
-    let bytes = write_with(dir, now_ms, &totals, |f| {
+    let mut cancelled = false;
+    let r = write_with(dir, now_ms, &totals, |f| {
         let mut result = Ok(());
         engine.for_each_shard_owned(&mut |devices: Vec<Device>| {
-            count += devices.len();
-            if result.is_ok() {
-                result = f(devices);
+            if cancel() {
+                cancelled = true;
+                result = Err(std::io::Error::other("cancelled"));
+                return false;
             }
+            count += devices.len();
+            result = f(devices);
+            result.is_ok()
         });
         result
-    })?;
-    Ok((bytes, count))
+    });
+    match r {
+        Ok(bytes) => Ok((bytes, count)),
+        Err(_) if cancelled => Err(StoreError::Cancelled),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads the snapshot in `dir`, if there is one. A corrupt file is moved
@@ -211,7 +223,7 @@ mod tests {
     fn round_trip_restores_everything() {
         let dir = tempfile::tempdir().unwrap();
         let e = engine_with_traffic();
-        let (_, n) = write_engine(&e, dir.path(), 99).unwrap();
+        let (_, n) = write_engine(&e, dir.path(), 99, &|| false).unwrap();
         assert_eq!(n, 5);
         let snap = read(dir.path()).unwrap().unwrap();
         assert_eq!(snap.taken_ms, 99);

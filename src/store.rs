@@ -23,6 +23,9 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// The write was given up (the server is stopping); the old file stays.
+    #[error("writing was cancelled")]
+    Cancelled,
     /// The file is not one of ours, is truncated or fails its checksum.
     #[error("{path} is corrupt ({reason}); moved aside to {aside}")]
     Corrupt {
@@ -70,7 +73,13 @@ pub(crate) fn write_atomic(
     std::fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join(format!("{name}.tmp"));
     let file = File::create(&tmp).map_err(io)?;
-    let file = write(file).map_err(io)?;
+    let file = match write(file) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+    };
     file.sync_all().map_err(io)?;
     drop(file);
     std::fs::rename(&tmp, &path).map_err(io)?;

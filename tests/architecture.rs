@@ -81,7 +81,8 @@ fn code(path: &Path) -> String {
             let hashes = rest[1..].iter().take_while(|&&c| c == b'#').count();
             let close = format!("\"{}", "#".repeat(hashes));
             let start = 2 + hashes;
-            let end = text[i + start..].find(&close).map_or(rest.len(), |e| start + e + close.len());
+            let end =
+                text[i + start..].find(&close).map_or(rest.len(), |e| start + e + close.len());
             blank(&mut out, &rest[..end]);
             i += end;
         } else if rest[0] == b'"' {
@@ -117,8 +118,7 @@ fn expand(s: &str) -> Vec<Vec<String>> {
     let mut segs = Vec::new();
     let mut rest = s;
     loop {
-        let ident: String =
-            rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let ident: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
         if ident.is_empty() {
             break;
         }
@@ -176,7 +176,9 @@ fn references(module: &str, code: &str) -> Vec<Vec<String>> {
         if module.is_empty() { vec![] } else { module.split("::").map(String::from).collect() };
     let mut out = Vec::new();
     let bytes = code.as_bytes();
-    for (kw, base) in [("crate::", Some(Vec::new())), ("super::", here.split_last().map(|(_, p)| p.to_vec()))] {
+    for (kw, base) in
+        [("crate::", Some(Vec::new())), ("super::", here.split_last().map(|(_, p)| p.to_vec()))]
+    {
         let mut from = 0;
         while let Some(i) = code[from..].find(kw) {
             let at = from + i;
@@ -198,7 +200,11 @@ fn references(module: &str, code: &str) -> Vec<Vec<String>> {
 
 /// `use` statements' re-exported names of a module: name → the absolute
 /// path it stands for (`use child::X` inside a module is relative to it).
-fn aliases(module: &str, code: &str, modules: &BTreeMap<String, PathBuf>) -> HashMap<String, Vec<String>> {
+fn aliases(
+    module: &str,
+    code: &str,
+    modules: &BTreeMap<String, PathBuf>,
+) -> HashMap<String, Vec<String>> {
     let here: Vec<String> =
         if module.is_empty() { vec![] } else { module.split("::").map(String::from).collect() };
     let mut out = HashMap::new();
@@ -264,8 +270,9 @@ fn resolve(
 /// The layers stated in ARCHITECTURE.md, lowest first: top-level module
 /// names per layer.
 fn layers() -> Vec<Vec<String>> {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md"))
+            .unwrap();
     let start = doc.find("Layers, lowest first").expect("ARCHITECTURE.md states the layers");
     let block = &doc[start..];
     let open = block.find("```").unwrap() + 3;

@@ -149,7 +149,8 @@ fn records_published_equal_records_accepted() {
 #[test]
 fn a_nats_restart_mid_stream_loses_only_what_the_buffer_policy_allows() {
     let mut nats = Nats::start();
-    let s = Server::in_process(&["--forward-nats-url", &nats.url(), "--forward-nats-buffer", "500"]);
+    let s =
+        Server::in_process(&["--forward-nats-url", &nats.url(), "--forward-nats-buffer", "500"]);
     s.wait_until(20, "NATS connection", |s| forward(s)["connected"] == true);
     let load = Command::new(BIN)
         .args([

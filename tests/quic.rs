@@ -379,9 +379,8 @@ fn a_wrong_or_missing_alpn_is_refused_and_counted_as_alpn() {
         s.metric("fleetwire_quic_handshake_failures_total", &[]) >= 2.0
     });
     let m = s.metrics();
-    let failures = |reason| {
-        metric_sum(&m, "fleetwire_quic_handshake_failures_total", &[("reason", reason)])
-    };
+    let failures =
+        |reason| metric_sum(&m, "fleetwire_quic_handshake_failures_total", &[("reason", reason)]);
     assert_eq!((failures("alpn"), failures("other")), (2.0, 0.0), "{m}");
     assert_eq!(metric_sum(&m, "fleetwire_datagrams_received_total", &[("transport", "quic")]), 0.0);
 }

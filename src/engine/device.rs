@@ -158,6 +158,9 @@ pub(crate) struct Device {
     /// Last monitoring values.
     pub health: Health,
     /// Named readings (allocated at the first one).
+    // Boxed: 8 bytes per device instead of 24, and most devices of a large
+    // fleet have no named readings.
+    #[allow(clippy::box_collection)]
     pub readings: Option<Box<Vec<ReadingSeries>>>,
     /// Last Hello.
     pub info: Option<Box<Info>>,

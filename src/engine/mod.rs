@@ -167,12 +167,14 @@ impl Engine {
         }
     }
 
-    /// Calls `f` with a copy of each shard's devices in turn; the shard's
-    /// lock is held only while copying.
-    pub(crate) fn for_each_shard_owned(&self, f: &mut dyn FnMut(Vec<Device>)) {
+    /// Calls `f` with a copy of each shard's devices in turn, until it
+    /// returns false; the shard's lock is held only while copying.
+    pub(crate) fn for_each_shard_owned(&self, f: &mut dyn FnMut(Vec<Device>) -> bool) {
         for s in self.shards.iter() {
             let devices = s.lock().devices().to_vec();
-            f(devices);
+            if !f(devices) {
+                return;
+            }
         }
     }
 

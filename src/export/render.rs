@@ -50,16 +50,19 @@ fn sample(out: &mut String, name: &str, labels: &str, v: f64) {
     out.push('\n');
 }
 
-/// A fleet-wide family: its samples as (label pair, value).
+/// Samples of a fleet-wide family: an optional label pair and a value each.
+type Samples = Vec<(Option<(&'static str, &'static str)>, f64)>;
+
+/// A fleet-wide family.
 struct FleetFamily {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    samples: fn(&Summary) -> Vec<(Option<(&'static str, &'static str)>, f64)>,
+    samples: fn(&Summary) -> Samples,
 }
 
 /// One unlabelled sample.
-fn one(v: u64) -> Vec<(Option<(&'static str, &'static str)>, f64)> {
+fn one(v: u64) -> Samples {
     vec![(None, v as f64)]
 }
 

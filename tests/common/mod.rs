@@ -102,9 +102,7 @@ impl Server {
             log: Default::default(),
             _tmp: None,
         };
-        s.wait_until(30, "HTTP to answer", |s| {
-            ureq::get(&s.url("/healthz")).call().is_ok()
-        });
+        s.wait_until(30, "HTTP to answer", |s| ureq::get(&s.url("/healthz")).call().is_ok());
         s
     }
 
@@ -265,7 +263,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("server did not exit within 10 s of SIGTERM");
+                panic!("server did not exit within 10 s of SIGTERM; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """An independent QUIC peer for the interop test: aioquic (a Python QUIC
 implementation, nothing shared with quinn) sends frames built with the
-independent Python codec (proto/python/fleetwire_wire.py, written from
-PROTOCOL.md) to a fleetwire server.
+independent Python codec (the `fleetwire` package of sdk/python, written
+from PROTOCOL.md) to a fleetwire server.
 
 It opens one connection with ALPN fleetwire/1, verifies the server against
 --ca, sends --datagrams Position frames as QUIC DATAGRAM frames (RFC 9221)
@@ -18,9 +18,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "proto", "python"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "sdk", "python", "src"))
 
-import fleetwire_wire as fw  # noqa: E402
+from fleetwire import wire as fw  # noqa: E402
 from aioquic.asyncio import connect  # noqa: E402
 from aioquic.quic.configuration import QuicConfiguration  # noqa: E402
 
