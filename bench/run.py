@@ -83,7 +83,7 @@ class Serve:
         self.http = free_port(socket.SOCK_STREAM)
         self.udp = free_port()
         args = [BIN, "serve", "--udp-listen", f"127.0.0.1:{self.udp}", "--http-listen", f"127.0.0.1:{self.http}",
-                "--data-dir", self.dir]
+                "--teltonika-listen", "off", "--osmand-listen", "off", "--data-dir", self.dir]
         # Snapshots on (every 5 s) where memory is measured: writing one must
         # fit in the bound too.
         args += ["--snapshot", "true", "--snapshot-interval", "5s"] if snapshot else ["--snapshot", "false"]

@@ -16,8 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
 use crate::forward::ForwardConfig;
-use crate::ingest::{PolicyConfig, UdpAuth};
+use crate::ingest::{PolicyConfig, RegistryConfig, UdpAuth};
+use crate::protocols::osmand::SpeedUnit;
+use crate::transport::osmand::OsmandConfig;
 use crate::transport::quic::{ClientAuth, QuicConfig};
+use crate::transport::teltonika::{TeltonikaAck, TeltonikaConfig};
 use crate::transport::udp::UdpConfig;
 
 /// The complete server configuration. See `fleetwire config default`.
@@ -30,6 +33,22 @@ pub struct Config {
     pub quic_listen: String,
     /// HTTP address for /metrics and the API, or "off".
     pub http_listen: String,
+    /// Teltonika (Codec 8 / 8E over UDP) address, or "off".
+    pub teltonika_listen: String,
+    /// When Teltonika packets are acknowledged.
+    pub teltonika_ack: TeltonikaAck,
+    /// OsmAnd / Traccar Client HTTP address, or "off".
+    pub osmand_listen: String,
+    /// Unit of the OsmAnd `speed` parameter: knots, kmh, mps or mph.
+    pub osmand_speed_unit: SpeedUnit,
+    /// Token OsmAnd clients must send (Bearer or `token=`); empty = none.
+    pub osmand_token: String,
+    /// Identifiers (IMEIs, phone ids) with device ids and names; empty = none.
+    pub devices_file: PathBuf,
+    /// Whether unknown identifiers get a device id of their own.
+    pub auto_register: bool,
+    /// Most auto-registered identifiers.
+    pub auto_register_limit: usize,
     /// Directory for the snapshot and the development certificate.
     pub data_dir: PathBuf,
     /// UDP receive threads (SO_REUSEPORT sockets).
@@ -40,9 +59,15 @@ pub struct Config {
     pub udp_batch: usize,
     /// Engine shards (rounded up to a power of two).
     pub engine_shards: usize,
-    /// A device silent for longer is offline.
+    /// A device silent for longer is offline (see `offline_after_factor`).
     #[serde(with = "humantime_serde")]
     pub offline_after: Duration,
+    /// Offline after this many of the device's recent reporting intervals of
+    /// silence, when that is longer than `offline_after`.
+    pub offline_after_factor: f64,
+    /// The longest offline threshold a device's interval can give.
+    #[serde(with = "humantime_serde")]
+    pub offline_after_max: Duration,
     /// A device silent for longer loses its per-device series.
     #[serde(with = "humantime_serde")]
     pub series_ttl: Duration,
@@ -121,12 +146,22 @@ impl Default for Config {
             udp_listen: "0.0.0.0:4480".into(),
             quic_listen: "0.0.0.0:4481".into(),
             http_listen: "0.0.0.0:9480".into(),
+            teltonika_listen: "0.0.0.0:5027".into(),
+            teltonika_ack: TeltonikaAck::Accepted,
+            osmand_listen: "0.0.0.0:5055".into(),
+            osmand_speed_unit: SpeedUnit::Knots,
+            osmand_token: String::new(),
+            devices_file: PathBuf::new(),
+            auto_register: true,
+            auto_register_limit: 100_000,
             data_dir: "fleetwire-data".into(),
             udp_threads: 1,
             udp_recv_buffer: 16 << 20,
             udp_batch: 32,
             engine_shards: 16,
             offline_after: Duration::from_secs(60),
+            offline_after_factor: 3.0,
+            offline_after_max: Duration::from_secs(3600),
             series_ttl: Duration::from_secs(600),
             max_exported_devices: 10_000,
             max_devices: 1_000_000,
@@ -225,6 +260,22 @@ impl Config {
         listen_addr("udp_listen", &self.udp_listen)?;
         listen_addr("quic_listen", &self.quic_listen)?;
         listen_addr("http_listen", &self.http_listen)?;
+        listen_addr("teltonika_listen", &self.teltonika_listen)?;
+        listen_addr("osmand_listen", &self.osmand_listen)?;
+        if !(self.offline_after_factor.is_finite()
+            && (1.0..=100.0).contains(&self.offline_after_factor))
+        {
+            return inv("offline_after_factor", "must be 1 to 100");
+        }
+        if self.offline_after_max < self.offline_after {
+            return inv("offline_after_max", "must be at least offline_after");
+        }
+        if self.teltonika_ack == TeltonikaAck::Published && !self.forward.nats.enabled() {
+            return inv(
+                "teltonika_ack",
+                "\"published\" needs forwarding to NATS (forward.nats.url)",
+            );
+        }
         if self.udp_threads == 0 || self.udp_threads > 64 {
             return inv("udp_threads", "must be 1 to 64");
         }
@@ -313,6 +364,8 @@ impl Config {
         let shards = self.effective_shards();
         EngineConfig {
             offline_after_ms: ms(self.offline_after),
+            offline_after_factor: self.offline_after_factor,
+            offline_after_max_ms: ms(self.offline_after_max),
             series_ttl_ms: ms(self.series_ttl),
             max_exported_devices: self.max_exported_devices,
             max_devices_per_shard: (self.max_devices / shards).max(1),
@@ -343,6 +396,26 @@ impl Config {
             // up to 4 Mi.
             max_devices: self.max_devices.min(4 << 20),
         }
+    }
+
+    /// The device registry's slice.
+    pub(crate) fn registry(&self) -> RegistryConfig {
+        RegistryConfig {
+            devices_file: (!self.devices_file.as_os_str().is_empty())
+                .then(|| self.devices_file.clone()),
+            auto_register: self.auto_register,
+            limit: self.auto_register_limit,
+        }
+    }
+
+    /// The Teltonika transport's slice.
+    pub(crate) fn teltonika(&self) -> TeltonikaConfig {
+        TeltonikaConfig { batch: self.udp_batch, ack: self.teltonika_ack }
+    }
+
+    /// The OsmAnd transport's slice.
+    pub(crate) fn osmand(&self) -> OsmandConfig {
+        OsmandConfig { speed_unit: self.osmand_speed_unit, token: self.osmand_token.clone() }
     }
 
     /// The UDP transport's slice.

@@ -19,6 +19,7 @@ pub(crate) mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod ingest;
+pub(crate) mod protocols;
 pub mod server;
 pub mod sim;
 pub(crate) mod snapshot;
@@ -30,6 +31,8 @@ pub(crate) mod cli;
 
 pub use cli::{main, serve_config};
 pub use forward::{ForwardConfig, NatsConfig};
-pub use ingest::{KeysError, UdpAuth};
+pub use ingest::{DevicesFileError, KeysError, UdpAuth};
+pub use protocols::osmand::SpeedUnit;
 pub use store::StoreError;
 pub use transport::quic::{ClientAuth, StartError as QuicStartError};
+pub use transport::teltonika::TeltonikaAck;

@@ -21,11 +21,15 @@ use crate::engine::{Engine, RecordKind};
 use crate::export::http::{self, HttpState};
 use crate::forward::{self, Forwarder};
 use crate::ingest::replay::ReplayWindows;
-use crate::ingest::{IngestCounters, KeysError, Pipeline, Policy, RecordSink};
+use crate::ingest::{
+    DeviceRegistry, DevicesFileError, IngestCounters, KeysError, Pipeline, Policy, RecordSink,
+};
 use crate::snapshot;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Counter, Registry};
+use crate::transport::osmand;
 use crate::transport::quic::{self, QuicEndpoint};
+use crate::transport::teltonika::TeltonikaReceiver;
 use crate::transport::udp::{self, BoundUdp, UdpReceivers};
 
 /// Sockets bound before the server runs.
@@ -33,6 +37,20 @@ pub struct Listeners {
     udp: Vec<BoundUdp>,
     quic: Option<BoundUdp>,
     http: Option<std::net::TcpListener>,
+    teltonika: Option<BoundUdp>,
+    osmand: Option<std::net::TcpListener>,
+}
+
+/// A TCP listener for `key`'s address, non-blocking (for tokio).
+fn tcp_listener(
+    key: &'static str,
+    value: &str,
+) -> Result<Option<std::net::TcpListener>, ServerError> {
+    let Some(a) = listen_addr(key, value)? else { return Ok(None) };
+    std::net::TcpListener::bind(a)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map(Some)
+        .map_err(|source| ServerError::Bind { key, addr: a, source })
 }
 
 impl Listeners {
@@ -51,16 +69,16 @@ impl Listeners {
             ),
             None => None,
         };
-        let http = match listen_addr("http_listen", &cfg.http_listen)? {
-            Some(a) => {
-                let l = std::net::TcpListener::bind(a)
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(|e| bind("http_listen", e)(a))?;
-                Some(l)
-            }
+        let http = tcp_listener("http_listen", &cfg.http_listen)?;
+        let teltonika = match listen_addr("teltonika_listen", &cfg.teltonika_listen)? {
+            Some(a) => Some(
+                udp::bind_for("Teltonika", a, cfg.udp_recv_buffer, false)
+                    .map_err(|e| bind("teltonika_listen", e)(a))?,
+            ),
             None => None,
         };
-        Ok(Listeners { udp, quic, http })
+        let osmand = tcp_listener("osmand_listen", &cfg.osmand_listen)?;
+        Ok(Listeners { udp, quic, http, teltonika, osmand })
     }
 
     /// The bound UDP ingest address.
@@ -76,6 +94,16 @@ impl Listeners {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound Teltonika address.
+    pub fn teltonika_addr(&self) -> Option<SocketAddr> {
+        self.teltonika.as_ref().and_then(|u| u.local_addr().ok())
+    }
+
+    /// The bound OsmAnd address.
+    pub fn osmand_addr(&self) -> Option<SocketAddr> {
+        self.osmand.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -98,6 +126,9 @@ pub enum ServerError {
     /// The keys file could not be read.
     #[error(transparent)]
     Keys(#[from] KeysError),
+    /// The devices file could not be read.
+    #[error(transparent)]
+    Devices(#[from] DevicesFileError),
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Quic(#[from] quic::StartError),
@@ -115,7 +146,7 @@ impl ServerError {
     /// Whether a setting is to blame: the exit code is then 2.
     pub fn is_config(&self) -> bool {
         match self {
-            ServerError::Config(_) | ServerError::Keys(_) => true,
+            ServerError::Config(_) | ServerError::Keys(_) | ServerError::Devices(_) => true,
             ServerError::Quic(e) => e.is_config(),
             ServerError::Bind { .. } | ServerError::Start { .. } => false,
         }
@@ -156,6 +187,7 @@ struct Saver {
     store: Store,
     engine: Arc<Engine>,
     pipeline: Arc<Pipeline>,
+    registry: Arc<DeviceRegistry>,
     /// Periodic saves give up at the stop signal: the final one follows.
     stop: CancellationToken,
     snapshots: Counter,
@@ -165,8 +197,7 @@ struct Saver {
 impl Saver {
     fn new(
         store: Store,
-        engine: Arc<Engine>,
-        pipeline: Arc<Pipeline>,
+        (engine, pipeline, registry): (Arc<Engine>, Arc<Pipeline>, Arc<DeviceRegistry>),
         stop: CancellationToken,
         r: &Registry,
     ) -> Self {
@@ -174,6 +205,7 @@ impl Saver {
             store,
             engine,
             pipeline,
+            registry,
             stop,
             snapshots: r.counter(
                 "fleetwire_snapshots_total",
@@ -196,6 +228,7 @@ impl Saver {
         let t = Instant::now();
         let cancel = || periodic && self.stop.is_cancelled();
         let r = self.store.exclusive(|dir| -> Result<(usize, usize), StoreError> {
+            self.registry.save_if_changed(dir)?;
             self.pipeline.policy().replay_windows().save(dir)?;
             snapshot::write_engine(&self.engine, dir, now_ms(), &cancel)
         });
@@ -217,6 +250,14 @@ impl Saver {
         }
     }
 
+    /// Writes the device registry if it changed (new auto-registrations
+    /// are durable within a second, not only at the next snapshot).
+    fn save_registry(&self) {
+        if let Err(e) = self.store.exclusive(|dir| self.registry.save_if_changed(dir)) {
+            tracing::error!(error = %e, "saving the device registry failed");
+        }
+    }
+
     /// [`save`](Self::save) on a blocking thread.
     async fn save_async(self: &Arc<Self>, periodic: bool) -> bool {
         let me = self.clone();
@@ -234,21 +275,25 @@ pub struct Running {
     forwarder: Option<(Arc<Forwarder>, tokio::task::JoinHandle<()>)>,
     udp: UdpReceivers,
     quic: Option<QuicEndpoint>,
+    teltonika: Option<TeltonikaReceiver>,
+    osmand: Option<tokio::task::JoinHandle<()>>,
     http: Option<tokio::task::JoinHandle<()>>,
     upkeep: tokio::task::JoinHandle<()>,
     listening: Vec<(&'static str, String)>,
 }
 
 impl Running {
-    /// Starts the server on `listeners`, phase by phase: restore the state,
-    /// start forwarding, build the pipeline, then the UDP receivers, the
-    /// QUIC endpoint, HTTP and the upkeep task.
+    /// Starts the server on `listeners`, phase by phase: restore the state
+    /// (engine, policies, device registry), start forwarding, build the
+    /// pipeline, then the UDP receivers, the QUIC endpoint, the Teltonika
+    /// and OsmAnd listeners, HTTP and the upkeep task.
     pub async fn start(cfg: Config, listeners: Listeners) -> Result<Running, ServerError> {
         let started = Instant::now();
         let stop = CancellationToken::new();
         let registry = Registry::new();
         let engine = Arc::new(restore_engine(&cfg));
         let policy = restore_policy(&cfg, &engine, &registry)?;
+        let devices = Arc::new(DeviceRegistry::load(&cfg.registry(), &cfg.data_dir, &registry)?);
         let forwarder = start_forwarder(&cfg, &registry, &stop);
         let mut pipeline =
             Pipeline::new(engine.clone(), IngestCounters::register(&registry), policy);
@@ -259,15 +304,19 @@ impl Running {
         let mut listening = Vec::new();
         let udp = start_udp(&cfg, listeners.udp, &pipeline, &registry, &stop, &mut listening)?;
         let quic = start_quic(&cfg, listeners.quic, &pipeline, &registry, &mut listening)?;
+        let foreign = (&pipeline, &devices, &*registry, &stop);
+        let teltonika = start_teltonika(&cfg, listeners.teltonika, foreign, &mut listening)?;
+        let osmand = start_osmand(&cfg, listeners.osmand, foreign, &mut listening)?;
         let store = Store::new(&cfg.data_dir);
-        let saver =
-            Arc::new(Saver::new(store, engine.clone(), pipeline.clone(), stop.clone(), &registry));
+        let parts = (engine.clone(), pipeline.clone(), devices.clone());
+        let saver = Arc::new(Saver::new(store, parts, stop.clone(), &registry));
         let http = match listeners.http {
             Some(l) => {
                 let state = HttpState {
                     engine: engine.clone(),
                     registry: registry.clone(),
                     pipeline: pipeline.clone(),
+                    devices: devices.clone(),
                     forwarder: forwarder.as_ref().map(|(f, _)| f.clone()),
                     started,
                     listening: Vec::new(),
@@ -288,6 +337,8 @@ impl Running {
             forwarder,
             udp,
             quic,
+            teltonika,
+            osmand,
             http,
             upkeep,
             listening,
@@ -304,8 +355,9 @@ impl Running {
     ///    sockets (1 s at most), HTTP finishes the requests in progress, a
     ///    periodic snapshot being written is given up between two shards
     ///    (the old file stays), the forwarder's drain time (2 s) starts;
-    /// 2. the UDP receive threads end; the QUIC endpoint closes (each
-    ///    connection hands what it has read to the pipeline first);
+    /// 2. the UDP and Teltonika receive threads end; the QUIC endpoint
+    ///    closes (each connection hands what it has read to the pipeline
+    ///    first); the OsmAnd listener finishes its requests;
     /// 3. nothing can be accepted any more: the forwarder is told, publishes
     ///    what is buffered and counts what it could not as dropped;
     /// 4. the upkeep task ends (awaited, never aborted: no snapshot is cut
@@ -316,8 +368,14 @@ impl Running {
         tracing::info!("shutting down: draining sockets");
         self.stop.cancel();
         self.udp.join().await;
+        if let Some(t) = self.teltonika {
+            t.join().await;
+        }
         if let Some(q) = self.quic {
             q.shutdown().await;
+        }
+        if let Some(o) = self.osmand {
+            let _ = tokio::time::timeout(HTTP_DRAIN, o).await;
         }
         if let Some((fw, task)) = self.forwarder {
             fw.close();
@@ -446,6 +504,46 @@ fn start_quic(
     Ok(Some(q))
 }
 
+/// What the listeners of other protocols share: the pipeline, the device
+/// registry, the telemetry registry and the stop signal.
+type Foreign<'a> =
+    (&'a Arc<Pipeline>, &'a Arc<DeviceRegistry>, &'a Registry, &'a CancellationToken);
+
+/// Phase 4b: the Teltonika receive thread.
+fn start_teltonika(
+    cfg: &Config,
+    socket: Option<BoundUdp>,
+    (pipeline, devices, r, stop): Foreign<'_>,
+    listening: &mut Vec<(&'static str, String)>,
+) -> Result<Option<TeltonikaReceiver>, ServerError> {
+    let Some(socket) = socket else { return Ok(None) };
+    if let Ok(a) = socket.local_addr() {
+        tracing::info!(transport = "teltonika", addr = %a, "listening (Codec 8 / 8E over UDP)");
+        listening.push(("teltonika", a.to_string()));
+    }
+    TeltonikaReceiver::start(socket, &cfg.teltonika(), pipeline, devices, r, stop)
+        .map(Some)
+        .map_err(|source| ServerError::Start { what: "the Teltonika receive thread", source })
+}
+
+/// Phase 4c: the OsmAnd HTTP listener.
+fn start_osmand(
+    cfg: &Config,
+    listener: Option<std::net::TcpListener>,
+    (pipeline, devices, _, stop): Foreign<'_>,
+    listening: &mut Vec<(&'static str, String)>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+    let Some(l) = listener else { return Ok(None) };
+    let addr = l.local_addr().ok();
+    let l = tokio::net::TcpListener::from_std(l)
+        .map_err(|source| ServerError::Start { what: "the OsmAnd listener", source })?;
+    if let Some(a) = addr {
+        tracing::info!(transport = "osmand", addr = %a, "listening (OsmAnd / Traccar Client HTTP)");
+        listening.push(("osmand", a.to_string()));
+    }
+    Ok(Some(osmand::spawn(l, &cfg.osmand(), pipeline, devices, stop.clone())))
+}
+
 /// Phase 5: HTTP.
 fn start_http(
     l: std::net::TcpListener,
@@ -488,6 +586,8 @@ async fn upkeep(
             _ = hup.recv() => reload_keys(pipeline.policy()),
             _ = tick.tick() => {
                 saver.engine.tick(now_ms());
+                let s = saver.clone();
+                let _ = tokio::task::spawn_blocking(move || s.save_registry()).await;
                 if snap_every.is_some_and(|every| last_snap.elapsed() >= every) {
                     saver.save_async(true).await;
                     // The interval runs from the end of a save, so a save

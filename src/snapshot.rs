@@ -67,6 +67,20 @@ impl<W: Write> BodyWriter<W> {
         scratch.clear();
         let enc = postcard::to_extend(v, std::mem::take(scratch)).map_err(std::io::Error::other)?;
         *scratch = enc;
+        self.flush_record(scratch)
+    }
+
+    /// A device's record: the device, then its extension (what snapshots of
+    /// version 2 did not have) in the same record.
+    fn device(&mut self, d: &Device, scratch: &mut Vec<u8>) -> std::io::Result<()> {
+        scratch.clear();
+        let enc = postcard::to_extend(d, std::mem::take(scratch)).map_err(std::io::Error::other)?;
+        let enc = postcard::to_extend(&d.ext, enc).map_err(std::io::Error::other)?;
+        *scratch = enc;
+        self.flush_record(scratch)
+    }
+
+    fn flush_record(&mut self, scratch: &mut Vec<u8>) -> std::io::Result<()> {
         let len = u32::try_from(scratch.len()).map_err(std::io::Error::other)?;
         self.raw(&len.to_le_bytes())?;
         let body = std::mem::take(scratch);
@@ -94,7 +108,7 @@ fn write_with(
         w.record(&(taken_ms, totals), &mut scratch)?;
         each_shard(&mut |devices: Vec<Device>| {
             for d in &devices {
-                w.record(d, &mut scratch)?;
+                w.device(d, &mut scratch)?;
             }
             Ok(())
         })?;
@@ -187,9 +201,13 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, &'static str> {
         postcard::from_bytes(head).map_err(|_| "header does not parse")?;
     let mut devices = Vec::new();
     while let Some(rec) = next()? {
-        devices.push(
-            postcard::from_bytes::<Device>(rec).map_err(|_| "a device record does not parse")?,
-        );
+        let (mut d, ext) = postcard::take_from_bytes::<Device>(rec)
+            .map_err(|_| "a device record does not parse")?;
+        // Snapshots of version 2 have no extension.
+        if !ext.is_empty() {
+            d.ext = postcard::from_bytes(ext).map_err(|_| "a device extension does not parse")?;
+        }
+        devices.push(d);
     }
     Ok(Snapshot { taken_ms, totals, devices })
 }
@@ -214,7 +232,7 @@ mod tests {
                 satellites: 7,
             };
             let f = Frame::new(1 + i % 5, i / 5 * 2, 0, Body::Position(p));
-            e.ingest(1_000 + u64::from(i) * 1000, &[Accepted { frame: f, bytes: 40 }]);
+            e.ingest(1_000 + u64::from(i) * 1000, &[Accepted::new(f, 40)]);
         }
         e
     }

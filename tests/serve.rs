@@ -382,6 +382,10 @@ fn bad_configuration_exits_2_naming_the_key() {
             "127.0.0.1:0",
             "--quic-listen",
             "off",
+            "--teltonika-listen",
+            "off",
+            "--osmand-listen",
+            "off",
         ])
         .env("FLEETWIRE_OFFLINE_AFTER", "soon")
         .output()
@@ -410,7 +414,16 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("keys_file"));
 
     // Files named by the configuration that cannot be used.
-    let local = ["--udp-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"];
+    let local = [
+        "--udp-listen",
+        "127.0.0.1:0",
+        "--quic-listen",
+        "127.0.0.1:0",
+        "--teltonika-listen",
+        "off",
+        "--osmand-listen",
+        "off",
+    ];
     let missing = dir.path().join("missing.pem");
     let missing = missing.to_str().unwrap();
     let certs = dir.path().join("certs");

@@ -74,6 +74,22 @@ config_flags! {
     quic_listen: String,
     /// HTTP address (/metrics, /api), or "off".
     http_listen: String,
+    /// Teltonika (Codec 8 / 8E over UDP) address, or "off".
+    teltonika_listen: String,
+    /// When Teltonika packets are acknowledged: accepted or published.
+    teltonika_ack: String,
+    /// OsmAnd / Traccar Client HTTP address, or "off".
+    osmand_listen: String,
+    /// Unit of the OsmAnd speed parameter: knots, kmh, mps or mph.
+    osmand_speed_unit: String,
+    /// Token OsmAnd clients must send.
+    osmand_token: String,
+    /// Identifiers with device ids and names ("<identifier> <id> [name]").
+    devices_file: PathBuf,
+    /// Give unknown identifiers an id (true/false).
+    auto_register: bool,
+    /// Most auto-registered identifiers.
+    auto_register_limit: usize,
     /// Directory for the state snapshot and the development certificate.
     data_dir: PathBuf,
     /// UDP receive threads (SO_REUSEPORT).
@@ -86,6 +102,10 @@ config_flags! {
     engine_shards: usize,
     /// Offline after this much silence (e.g. 60s).
     offline_after: String,
+    /// Offline after this many of the device's own reporting intervals.
+    offline_after_factor: f64,
+    /// Longest offline threshold (e.g. 1h).
+    offline_after_max: String,
     /// Per-device series removed after this much silence (e.g. 10m).
     series_ttl: String,
     /// Most devices with per-device series.

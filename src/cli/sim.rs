@@ -5,8 +5,20 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::common::{TlsArgs, TransportArg, fail, resolve};
+use crate::sim::foreign::{OsmandSink, TeltonikaSink};
 use crate::sim::quic::{QuicMode, QuicSink};
 use crate::sim::{Faults, Plan, Sink, UdpSink, record, run};
+
+/// Protocol of `sim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ProtocolArg {
+    /// fleetwire's own frames (over --transport).
+    Native,
+    /// Teltonika Codec 8 over UDP; device ids become IMEIs 35<id, 13 digits>.
+    Teltonika,
+    /// OsmAnd HTTP requests; device ids become `sim-<id>`.
+    Osmand,
+}
 
 /// `fleetwire sim`.
 #[derive(Debug, clap::Args)]
@@ -17,6 +29,11 @@ pub(crate) struct SimArgs {
     /// How to send.
     #[arg(long, value_enum, default_value = "udp")]
     pub(crate) transport: TransportArg,
+    /// What the devices speak: fleetwire frames, or what a Teltonika
+    /// tracker (to the Teltonika port) or an OsmAnd phone (to the OsmAnd
+    /// port) would send for the same records.
+    #[arg(long, value_enum, default_value = "native")]
+    pub(crate) protocol: ProtocolArg,
     /// QUIC: DATAGRAM frames (live) or one stream per device (backlog).
     #[arg(long, value_enum, default_value = "datagram")]
     pub(crate) quic_mode: QuicMode,
@@ -114,13 +131,26 @@ pub(crate) fn main(a: SimArgs) -> ExitCode {
             Err(e) => return fail(e, 1),
         };
     let summary = rt.block_on(async {
-        match a.transport {
-            TransportArg::Udp => {
+        match (a.protocol, a.transport) {
+            (ProtocolArg::Teltonika, _) => {
+                let batch = if plan.rate > 0.0 { 1 } else { 64 };
+                let mut sink = TeltonikaSink::new(target, batch).map_err(|e| e.to_string())?;
+                Ok(run(&plan, &mut sink, rec.as_mut()).await)
+            }
+            (ProtocolArg::Osmand, _) => {
+                let mut sink = OsmandSink::new(target);
+                let s = run(&plan, &mut sink, rec.as_mut()).await;
+                if sink.refused > 0 {
+                    eprintln!("fleetwire: the server refused {} OsmAnd requests", sink.refused);
+                }
+                Ok(s)
+            }
+            (ProtocolArg::Native, TransportArg::Udp) => {
                 let batch = if plan.rate > 0.0 { 1 } else { 64 };
                 let mut sink = UdpSink::batched(target, batch).map_err(|e| e.to_string())?;
                 Ok::<_, String>(run(&plan, &mut sink, rec.as_mut()).await)
             }
-            TransportArg::Quic => {
+            (ProtocolArg::Native, TransportArg::Quic) => {
                 let cfg = a.tls.quic_config()?;
                 let mut sink = QuicSink::new(target, &a.tls.server_name, cfg, a.quic_mode)
                     .map_err(|e| e.to_string())?;

@@ -5,8 +5,14 @@
 /// Engine settings (a subset of the server configuration), in engine units.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineConfig {
-    /// A device silent longer than this is offline.
+    /// A device silent longer than this is offline (unless its own
+    /// reporting interval says to wait longer).
     pub offline_after_ms: u64,
+    /// A device is offline after this many of its recent reporting
+    /// intervals of silence (if longer than `offline_after_ms`).
+    pub offline_after_factor: f64,
+    /// The longest offline threshold a device's interval can give.
+    pub offline_after_max_ms: u64,
     /// A device silent longer than this loses its exported series.
     pub series_ttl_ms: u64,
     /// Most devices with exported per-device series.
@@ -51,6 +57,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             offline_after_ms: 60_000,
+            offline_after_factor: 3.0,
+            offline_after_max_ms: 3_600_000,
             series_ttl_ms: 600_000,
             max_exported_devices: 10_000,
             max_devices_per_shard: 1_000_000 / 16,

@@ -45,13 +45,14 @@ impl Fix {
             satellites: p.satellites,
         }
     }
-    /// Latitude in degrees.
+    /// Latitude in degrees (a correctly rounded division, so the JSON shows
+    /// the decimal the device sent).
     pub(crate) fn lat(&self) -> f64 {
-        f64::from(self.lat_e7) * 1e-7
+        f64::from(self.lat_e7) / 1e7
     }
     /// Longitude in degrees.
     pub(crate) fn lon(&self) -> f64 {
-        f64::from(self.lon_e7) * 1e-7
+        f64::from(self.lon_e7) / 1e7
     }
 }
 
@@ -171,6 +172,53 @@ pub(crate) struct Device {
     /// Whether this device currently holds one of the exported-series slots.
     #[serde(skip)]
     pub exported: bool,
+    /// The device's recent reporting interval and the records of a device
+    /// without sequence numbers. Saved in the snapshot as an extension after
+    /// the device's record, so snapshots of earlier versions still read.
+    #[serde(skip)]
+    pub ext: DeviceExt,
+}
+
+/// What a device carries beyond the snapshot format of version 2 (saved as
+/// an extension of the device's snapshot record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeviceExt {
+    /// Recent reporting interval, ms (0 = unknown): rises at once to a
+    /// longer gap, falls slowly (a quarter of the way per report), and
+    /// ignores gaps under a second (the frames of one report).
+    pub(crate) interval_ms: u32,
+    /// Recent records of a device whose protocol has no sequence numbers.
+    pub(crate) recent: Option<Box<RecentRecords>>,
+}
+
+/// How many records of a device without sequence numbers are remembered.
+const RECENT: usize = 32;
+
+/// The latest records of a device whose protocol has no sequence numbers
+/// (Teltonika, OsmAnd), by record time and kind: a tracker resends a packet
+/// it got no acknowledgement for, and its records must not count twice. A
+/// copy of an older record than these 32 counts again (as a late copy beyond
+/// the sequence window does for fleetwire's own frames).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RecentRecords {
+    /// `time_ms * 4 + kind + 1` of each record; 0 = empty.
+    keys: [u64; RECENT],
+    /// The slot the next new record goes to.
+    next: u8,
+}
+
+impl RecentRecords {
+    /// Remembers a record of `kind` at `t_ms`; false when it is a copy.
+    pub(crate) fn observe(&mut self, t_ms: u64, kind: RecordKind) -> bool {
+        let key = t_ms.saturating_mul(4).saturating_add(kind as u64 + 1);
+        if self.keys.contains(&key) {
+            return false;
+        }
+        let i = usize::from(self.next) % RECENT;
+        self.keys[i] = key;
+        self.next = ((i + 1) % RECENT) as u8;
+        true
+    }
 }
 
 impl Device {
@@ -193,12 +241,33 @@ impl Device {
             last_event: None,
             counts: Counts::default(),
             exported: false,
+            ext: DeviceExt::default(),
         }
     }
 
-    /// Whether the device sent anything in the last `offline_after_ms`.
-    pub(crate) fn online(&self, now_ms: u64, offline_after_ms: u64) -> bool {
-        now_ms.saturating_sub(self.last_seen_ms) <= offline_after_ms
+    /// The record memory of a device without sequence numbers.
+    pub(crate) fn recent_records(&mut self) -> &mut RecentRecords {
+        self.ext.recent.get_or_insert_with(Box::default)
+    }
+
+    /// The silence after which this device is offline: `offline_after`, or
+    /// `offline_after_factor` times its recent reporting interval if that
+    /// is longer, at most `offline_after_max` (a tracker reporting every 10
+    /// minutes while parked is not offline after 1).
+    pub(crate) fn offline_after_ms(&self, cfg: &EngineConfig) -> u64 {
+        let own = (f64::from(self.ext.interval_ms) * cfg.offline_after_factor) as u64;
+        own.min(cfg.offline_after_max_ms).max(cfg.offline_after_ms)
+    }
+
+    /// Whether the device was heard from within its offline threshold.
+    pub(crate) fn online(&self, now_ms: u64, cfg: &EngineConfig) -> bool {
+        now_ms.saturating_sub(self.last_seen_ms) <= self.offline_after_ms(cfg)
+    }
+
+    /// Whether the device has sent anything before (its first frame has no
+    /// interval).
+    fn counts_any(&self) -> bool {
+        self.bytes > 0
     }
 
     /// Heap bytes owned by this device (readings, info).
@@ -220,6 +289,12 @@ impl Device {
     /// Arrival bookkeeping for one frame: jitter and latency from the
     /// device timestamp (when its clock is set).
     pub(super) fn on_arrival(&mut self, now_ms: u64, device_ts_ms: u64, bytes: usize) {
+        let gap = now_ms.saturating_sub(self.last_seen_ms);
+        if gap >= 1000 && self.counts_any() {
+            let gap = u32::try_from(gap).unwrap_or(u32::MAX);
+            let i = &mut self.ext.interval_ms;
+            *i = if gap >= *i { gap } else { *i - (*i - gap) / 4 };
+        }
         self.last_seen_ms = self.last_seen_ms.max(now_ms);
         self.bytes += bytes as u64;
         if device_ts_ms == 0 {

@@ -30,6 +30,18 @@ pub(crate) use device::Device;
 pub(crate) use shard::{ExportSlots, Shard};
 pub(crate) use totals::{FilterReason, RecordKind, SEVERITIES, ShardTotals};
 
+/// How the engine tells a new frame from a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dedup {
+    /// By sequence number (fleetwire's own frames): the 64-frame window
+    /// accounts for loss, duplicates and reordering.
+    Sequence,
+    /// By record time and kind (protocols without sequence numbers, such as
+    /// Teltonika and OsmAnd): a copy of one of the device's 32 most recent
+    /// records is a duplicate; there is no loss accounting.
+    RecordTime,
+}
+
 /// A frame that passed every check, with what the transport knows of it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Accepted<'a> {
@@ -37,6 +49,15 @@ pub(crate) struct Accepted<'a> {
     pub frame: Frame<'a>,
     /// Size of the datagram (or stream record) it came in.
     pub bytes: usize,
+    /// How copies are recognised.
+    pub dedup: Dedup,
+}
+
+impl<'a> Accepted<'a> {
+    /// A frame of fleetwire's wire format that came in `bytes` bytes.
+    pub(crate) fn new(frame: Frame<'a>, bytes: usize) -> Self {
+        Accepted { frame, bytes, dedup: Dedup::Sequence }
+    }
 }
 
 /// What [`Engine::ingest`] did with a batch.
@@ -116,7 +137,7 @@ impl Engine {
                 for j in i..chunk.len() {
                     if !done[j] && shard_of[j] == s {
                         let a = &chunk[j];
-                        if shard.apply(now_ms, &a.frame, a.bytes, &self.cfg, &self.slots) {
+                        if shard.apply(now_ms, a, &self.cfg, &self.slots) {
                             let k = base + j;
                             if k < 64 {
                                 out.applied |= 1 << k;

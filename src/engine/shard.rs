@@ -8,7 +8,18 @@ use hashbrown::HashMap;
 
 use super::device::Device;
 use super::sequence::SeqOutcome;
-use super::{EngineConfig, ShardTotals};
+use super::{Accepted, Dedup, EngineConfig, RecordKind, ShardTotals};
+
+/// The kind a frame's body counts as (a batch by its first kind: a frame
+/// without sequence number is never a batch).
+fn kind_of(body: &Body<'_>) -> RecordKind {
+    match body {
+        Body::Position(_) | Body::Batch(_) => RecordKind::Position,
+        Body::Monitoring(_) => RecordKind::Monitoring,
+        Body::Event(_) => RecordKind::Event,
+        Body::Hello(_) => RecordKind::Hello,
+    }
+}
 
 const NIL: u32 = u32::MAX;
 
@@ -187,18 +198,18 @@ impl Shard {
     pub(crate) fn apply(
         &mut self,
         now_ms: u64,
-        frame: &Frame<'_>,
-        bytes: usize,
+        a: &Accepted<'_>,
         cfg: &EngineConfig,
         slots: &ExportSlots,
     ) -> bool {
+        let frame = &a.frame;
         let i = self.slot_for(frame.device_id, now_ms, cfg.max_devices_per_shard, slots);
         // Frames that can allocate (readings, device info) are measured, so
         // the shard's device heap stays within its budget.
         let measure = matches!(frame.body, Body::Monitoring(_) | Body::Batch(_) | Body::Hello(_));
         let grow = self.heap_bytes < cfg.max_heap_per_shard;
         let heap_before = if measure { self.devices[i as usize].heap_bytes() } else { 0 };
-        let applied = self.apply_to(i, now_ms, frame, bytes, cfg, slots, grow);
+        let applied = self.apply_to(i, now_ms, a, cfg, slots, grow);
         if measure {
             let after = self.devices[i as usize].heap_bytes();
             self.heap_bytes = (self.heap_bytes + after).saturating_sub(heap_before);
@@ -206,23 +217,41 @@ impl Shard {
         applied
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn apply_to(
         &mut self,
         i: u32,
         now_ms: u64,
-        frame: &Frame<'_>,
-        bytes: usize,
+        a: &Accepted<'_>,
         cfg: &EngineConfig,
         slots: &ExportSlots,
         grow: bool,
     ) -> bool {
+        let frame = &a.frame;
         let totals = &mut self.totals;
         let d = &mut self.devices[i as usize];
         if !d.exported && slots.take() {
             d.exported = true;
         }
-        d.on_arrival(now_ms, frame.timestamp_ms, bytes);
+        d.on_arrival(now_ms, frame.timestamp_ms, a.bytes);
+        if a.dedup == Dedup::RecordTime {
+            if !d.recent_records().observe(frame.timestamp_ms, kind_of(&frame.body)) {
+                totals.duplicates += 1;
+                d.seq.duplicates += 1;
+                return false;
+            }
+            d.seq.received += 1;
+        } else if !Self::account(d, totals, frame) {
+            // A copy carries nothing new: do not count its records twice.
+            return false;
+        }
+        // Sample time: the device clock when it has one, else arrival time.
+        let base = if frame.timestamp_ms == 0 { now_ms } else { frame.timestamp_ms };
+        Self::take_records(d, totals, frame, base, now_ms, cfg, grow);
+        true
+    }
+
+    /// Sequence accounting of a frame; false for a duplicate.
+    fn account(d: &mut Device, totals: &mut ShardTotals, frame: &Frame<'_>) -> bool {
         let hello = matches!(frame.body, Body::Hello(_));
         let pending_before = d.seq.pending();
         let outcome = d.seq.observe(frame.sequence, hello);
@@ -232,15 +261,25 @@ impl Shard {
             SeqOutcome::Reordered => totals.reordered += 1,
             SeqOutcome::Duplicate => {
                 totals.duplicates += 1;
-                // A copy carries nothing new: do not count its records twice.
                 return false;
             }
             SeqOutcome::Late => totals.late += 1,
             SeqOutcome::Restart => totals.restarts += 1,
             SeqOutcome::First => {}
         }
-        // Sample time: the device clock when it has one, else arrival time.
-        let base = if frame.timestamp_ms == 0 { now_ms } else { frame.timestamp_ms };
+        true
+    }
+
+    /// What each record of a new frame does to the device.
+    fn take_records(
+        d: &mut Device,
+        totals: &mut ShardTotals,
+        frame: &Frame<'_>,
+        base: u64,
+        now_ms: u64,
+        cfg: &EngineConfig,
+        grow: bool,
+    ) {
         match &frame.body {
             Body::Position(p) => d.on_position(p, base, now_ms, cfg, totals),
             Body::Monitoring(m) => d.on_monitoring(m, base, grow, cfg, totals),
@@ -258,7 +297,6 @@ impl Shard {
                 }
             }
         }
-        true
     }
 
     /// Periodic upkeep: releases the export slot of devices silent for
@@ -266,7 +304,7 @@ impl Shard {
     pub(crate) fn tick(&mut self, now_ms: u64, cfg: &EngineConfig, slots: &ExportSlots) {
         let mut online = 0;
         for d in &mut self.devices {
-            if d.online(now_ms, cfg.offline_after_ms) {
+            if d.online(now_ms, cfg) {
                 online += 1;
             }
             if d.exported && now_ms.saturating_sub(d.last_seen_ms) > cfg.series_ttl_ms {

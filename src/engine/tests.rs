@@ -27,7 +27,7 @@ fn engine(cfg: EngineConfig) -> Engine {
 }
 
 fn send(e: &Engine, now: u64, f: Frame<'_>) {
-    e.ingest(now, &[Accepted { frame: f, bytes: 40 }]);
+    e.ingest(now, &[Accepted::new(f, 40)]);
 }
 
 #[test]

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::render::render_engine;
 use crate::clock::now_ms;
 use crate::engine::device::{Fix, Track};
-use crate::engine::{Device, Engine, FilterReason, SEVERITIES};
+use crate::engine::{Device, Engine, EngineConfig, FilterReason, SEVERITIES};
 use crate::forward::Forwarder;
-use crate::ingest::{Pipeline, Transport};
+use crate::ingest::{DeviceRegistry, Pipeline, Transport};
 use crate::telemetry::Registry;
 
 /// What the handlers need.
@@ -33,6 +33,8 @@ pub(crate) struct HttpState {
     pub(crate) registry: Arc<Registry>,
     /// The ingest path (its counters for `/api/summary`).
     pub(crate) pipeline: Arc<Pipeline>,
+    /// Identifiers of devices of other protocols (IMEIs, phone ids).
+    pub(crate) devices: Arc<DeviceRegistry>,
     /// The NATS forwarder, when forwarding is on.
     pub(crate) forwarder: Option<Arc<Forwarder>>,
     /// Server start.
@@ -210,10 +212,10 @@ struct Brief {
 }
 
 impl Brief {
-    fn of(d: &Device, now_ms: u64, offline_after_ms: u64) -> Self {
+    fn of(d: &Device, now_ms: u64, cfg: &EngineConfig) -> Self {
         Brief {
             id: d.id,
-            online: d.online(now_ms, offline_after_ms),
+            online: d.online(now_ms, cfg),
             last_seen_ms: d.last_seen_ms,
             fix: d.fix,
             track: d.track,
@@ -266,7 +268,7 @@ async fn devices(State(st): State<Arc<HttpState>>, Query(q): Query<ListQuery>) -
         let limit = q.limit.unwrap_or(1000).min(MAX_PAGE);
         let offset = q.offset.unwrap_or(0);
         let now = now_ms();
-        let off = st.engine.config().offline_after_ms;
+        let off = st.engine.config();
         // Ids first (cheap), then the page's devices.
         let mut ids = Vec::new();
         st.engine.for_each_shard(|s| {
@@ -311,7 +313,8 @@ fn device_json(d: &Device, now: u64, engine: &Engine) -> Value {
     let h = &d.health;
     json!({
         "id": d.id,
-        "online": d.online(now, cfg.offline_after_ms),
+        "online": d.online(now, cfg),
+        "offline_after_ms": d.offline_after_ms(cfg),
         "first_seen_ms": d.first_seen_ms,
         "last_seen_ms": d.last_seen_ms,
         "bytes": d.bytes,
@@ -348,7 +351,15 @@ async fn device(State(st): State<Arc<HttpState>>, Path(id): Path<u32>) -> Respon
     // A copy (its readings are bounded by the per-device limits); the
     // statistics sort samples, which happens after the lock is released.
     match st.engine.with_device(id, Device::clone) {
-        Some(d) => Json(device_json(&d, now, &st.engine)).into_response(),
+        Some(d) => {
+            let mut v = device_json(&d, now, &st.engine);
+            if let Some(e) = st.devices.entry(id) {
+                v["identifier"] = json!(&*e.identifier);
+                v["name"] = json!(e.name.as_deref());
+                v["protocol"] = json!(e.protocol.map(Transport::as_str));
+            }
+            Json(v).into_response()
+        }
         None => {
             (StatusCode::NOT_FOUND, Json(json!({"error": format!("device {id} is not tracked")})))
                 .into_response()
@@ -360,7 +371,7 @@ async fn geojson(State(st): State<Arc<HttpState>>, Query(q): Query<ListQuery>) -
     let r = blocking(move || {
         let limit = q.limit.unwrap_or(10_000).min(MAX_FEATURES);
         let now = now_ms();
-        let off = st.engine.config().offline_after_ms;
+        let off = st.engine.config();
         let mut rows: Vec<Brief> = Vec::new();
         st.engine.for_each_shard(|s| {
             let room = limit - rows.len();
@@ -408,7 +419,7 @@ mod tests {
                 satellites: 8,
             };
             let f = Frame::new(id, 0, now, Body::Position(p));
-            engine.ingest(now, &[Accepted { frame: f, bytes: 40 }]);
+            engine.ingest(now, &[Accepted::new(f, 40)]);
         }
         let names = ["a", "b", "c"];
         for seq in 1..=20u32 {
@@ -416,7 +427,7 @@ mod tests {
                 names.iter().map(|n| Reading { name: n, value: f64::from(seq) }).collect();
             let m = Monitoring { readings: Seq::from_slice(&r), ..Monitoring::EMPTY };
             let f = Frame::new(7, seq, now, Body::Monitoring(m));
-            engine.ingest(now, &[Accepted { frame: f, bytes: 80 }]);
+            engine.ingest(now, &[Accepted::new(f, 80)]);
         }
         let policy = PolicyConfig {
             udp_auth: UdpAuth::Off,
@@ -436,6 +447,14 @@ mod tests {
             engine,
             registry: Registry::new(),
             pipeline: Arc::new(pipeline),
+            devices: Arc::new(
+                crate::ingest::DeviceRegistry::load(
+                    &cfg.registry(),
+                    std::path::Path::new("/nonexistent-fleetwire-test-dir"),
+                    &Registry::new(),
+                )
+                .unwrap(),
+            ),
             forwarder: None,
             started: Instant::now(),
             listening: Vec::new(),

@@ -383,7 +383,7 @@ fn collect(engine: &Engine, now_ms: u64) -> Vec<Row> {
             series.push(d.readings.as_ref().map(|r| r.to_vec()).unwrap_or_default());
             rows.push(Row {
                 id: d.id,
-                online: d.online(now_ms, cfg.offline_after_ms),
+                online: d.online(now_ms, cfg),
                 last_seen_ms: d.last_seen_ms,
                 fix: d.fix,
                 track: d.track,

@@ -34,6 +34,7 @@ impl TransportCounters {
             ),
             bytes: r.counter("fleetwire_received_bytes_total", "Bytes of datagrams received.", &l),
             rejected: Reason::of(t)
+                .into_iter()
                 .map(|reason| {
                     r.counter(
                         "fleetwire_datagrams_rejected_total",
@@ -68,7 +69,7 @@ impl IngestCounters {
     pub(crate) fn detached() -> Self {
         IngestCounters {
             by_transport: Transport::ALL.map(|t| TransportCounters {
-                rejected: Reason::of(t).map(|_| Counter::default()).collect(),
+                rejected: Reason::of(t).into_iter().map(|_| Counter::default()).collect(),
                 ..TransportCounters::default()
             }),
         }

@@ -10,11 +10,14 @@ pub(crate) mod limiter;
 pub(crate) mod pipeline;
 pub(crate) mod policy;
 pub(crate) mod reason;
+pub(crate) mod registry;
 pub(crate) mod replay;
 
 pub(crate) use counters::IngestCounters;
 pub use keys::KeysError;
-pub(crate) use pipeline::{Datagram, NewRecords, Pipeline, RecordSink};
+pub(crate) use pipeline::{Admitted, Datagram, NewRecords, Pipeline, RecordSink};
 pub use policy::UdpAuth;
 pub(crate) use policy::{Policy, PolicyConfig};
-pub(crate) use reason::Transport;
+pub(crate) use reason::{Reason, Transport};
+pub use registry::DevicesFileError;
+pub(crate) use registry::{DeviceRegistry, RegistryConfig};

@@ -12,8 +12,8 @@ use fleetwire_proto::{DecodeError, Frame, decode};
 
 use super::counters::IngestCounters;
 use super::policy::Policy;
-use super::reason::{Reason, Transport};
-use crate::engine::{Accepted, Engine};
+use super::reason::{MAX_REASONS, Reason, Transport};
+use crate::engine::{Accepted, Dedup, Engine};
 
 /// One received datagram (or QUIC stream record).
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +109,14 @@ impl Pipeline {
     }
 
     /// At most one debug line per second about refused datagrams.
-    fn debug_refusal(&self, now_ms: u64, t: Transport, reason: Reason, d: &Datagram<'_>) {
+    fn debug_refusal(
+        &self,
+        now_ms: u64,
+        t: Transport,
+        reason: Reason,
+        source: Option<SocketAddr>,
+        len: usize,
+    ) {
         let last = self.last_debug_ms.load(Ordering::Relaxed);
         if now_ms >= last.saturating_add(1000)
             && self
@@ -120,8 +127,8 @@ impl Pipeline {
             tracing::debug!(
                 transport = t.as_str(),
                 reason = reason.as_str(),
-                source = ?d.source,
-                len = d.bytes.len(),
+                ?source,
+                len,
                 "datagram refused (at most one such line per second)"
             );
         }
@@ -136,7 +143,7 @@ impl Pipeline {
     ) -> BatchOutcome {
         let counters = self.counters.of(t);
         let mut out = BatchOutcome::default();
-        let mut rejected = [0u64; Reason::ALL.len()];
+        let mut rejected = [0u64; MAX_REASONS];
         let mut bytes = 0u64;
         for chunk in datagrams.chunks(CHUNK) {
             let mut batch: ArrayVec<Accepted<'_>, CHUNK> = ArrayVec::new();
@@ -147,7 +154,7 @@ impl Pipeline {
                     Err(reason) => {
                         rejected[reason.index(t)] += 1;
                         out.rejected += 1;
-                        self.debug_refusal(now_ms, t, reason, d);
+                        self.debug_refusal(now_ms, t, reason, d.source, d.bytes.len());
                     }
                 }
             }
@@ -185,6 +192,89 @@ impl Pipeline {
             }
         }
         self.policy.check(t, now_ms, d.source, &frame)?;
-        Ok(Accepted { frame, bytes: d.bytes.len() })
+        Ok(Accepted::new(frame, d.bytes.len()))
+    }
+
+    /// Counts a datagram (or request) of another protocol that its decoder
+    /// refused, or that could not be attributed to a device.
+    pub(crate) fn refuse(
+        &self,
+        t: Transport,
+        now_ms: u64,
+        bytes: usize,
+        source: Option<SocketAddr>,
+        reason: Reason,
+    ) {
+        let c = self.counters.of(t);
+        c.received.inc();
+        c.bytes.add(bytes as u64);
+        c.rejected[reason.index(t)].inc();
+        self.debug_refusal(now_ms, t, reason, source, bytes);
+    }
+
+    /// Admits one datagram (or request) of another protocol, which its
+    /// decoder attributed to `device`: applies the rate limits and counts it
+    /// as received, and as accepted or refused. Its records then go in with
+    /// [`Admitted::apply`]; they are told apart by device and record time
+    /// (those protocols have no sequence numbers), so a resent datagram
+    /// brings nothing twice.
+    pub(crate) fn admit(
+        &self,
+        t: Transport,
+        now_ms: u64,
+        bytes: usize,
+        source: Option<SocketAddr>,
+        device: u32,
+    ) -> Result<Admitted<'_>, Reason> {
+        if let Err(reason) = self.policy.check_limits(now_ms, source, device) {
+            self.refuse(t, now_ms, bytes, source, reason);
+            return Err(reason);
+        }
+        let c = self.counters.of(t);
+        c.received.inc();
+        c.bytes.add(bytes as u64);
+        c.accepted.inc();
+        Ok(Admitted { pipeline: self, t, now_ms, bytes, device })
+    }
+}
+
+/// A datagram of another protocol that passed the policies: its records go
+/// to the engine and the record sinks.
+pub(crate) struct Admitted<'p> {
+    pipeline: &'p Pipeline,
+    t: Transport,
+    now_ms: u64,
+    bytes: usize,
+    device: u32,
+}
+
+impl Admitted<'_> {
+    /// Applies frames made from the datagram (at most 64 at a time, each for
+    /// the admitted device, with the record's own time as timestamp).
+    /// Returns how many brought new records (the others were copies).
+    pub(crate) fn apply(&self, frames: &[Frame<'_>]) -> u32 {
+        let mut new = 0;
+        for chunk in frames.chunks(CHUNK) {
+            let mut batch: ArrayVec<Accepted<'_>, CHUNK> = ArrayVec::new();
+            for f in chunk.iter().filter(|f| f.device_id == self.device) {
+                let mut a = Accepted::new(*f, self.bytes);
+                a.dedup = Dedup::RecordTime;
+                batch.push(a);
+            }
+            let done = self.pipeline.engine.ingest(self.now_ms, &batch);
+            let records = NewRecords {
+                transport: self.t,
+                now_ms: self.now_ms,
+                batch: &batch,
+                applied: done.applied,
+            };
+            if !records.is_empty() {
+                for s in &self.pipeline.sinks {
+                    s.push(&records);
+                }
+            }
+            new += done.applied.count_ones();
+        }
+        new
     }
 }

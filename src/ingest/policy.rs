@@ -169,23 +169,40 @@ impl Policy {
         source: Option<SocketAddr>,
         frame: &Frame<'_>,
     ) -> Result<(), Reason> {
-        if let (Some(l), Some(src)) = (&self.sources, source) {
-            if !l.lock().allow(src.ip(), now_ms) {
-                return Err(Reason::RateLimited);
-            }
-        }
+        self.check_source(now_ms, source)?;
         if t == Transport::Udp
             && self.check_auth(frame)?
             && !self.replay.accept(frame.device_id, frame.sequence)
         {
             return Err(Reason::Replay);
         }
-        if let Some(l) = &self.devices {
-            if !l.lock().allow(frame.device_id, now_ms) {
-                return Err(Reason::RateLimited);
-            }
+        self.check_device(now_ms, frame.device_id)
+    }
+
+    /// The rate limits alone, for a datagram of another protocol that its
+    /// decoder attributed to `device` (those protocols carry no tags).
+    pub(crate) fn check_limits(
+        &self,
+        now_ms: u64,
+        source: Option<SocketAddr>,
+        device: u32,
+    ) -> Result<(), Reason> {
+        self.check_source(now_ms, source)?;
+        self.check_device(now_ms, device)
+    }
+
+    fn check_source(&self, now_ms: u64, source: Option<SocketAddr>) -> Result<(), Reason> {
+        match (&self.sources, source) {
+            (Some(l), Some(src)) if !l.lock().allow(src.ip(), now_ms) => Err(Reason::RateLimited),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    fn check_device(&self, now_ms: u64, device: u32) -> Result<(), Reason> {
+        match &self.devices {
+            Some(l) if !l.lock().allow(device, now_ms) => Err(Reason::RateLimited),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the frame may go on: `Ok(true)` when its tag verified.

@@ -12,6 +12,7 @@
 //!
 //! The boot Hello of each device is sent first and never faulted.
 
+pub(crate) mod foreign;
 pub(crate) mod model;
 pub mod quic;
 pub(crate) mod record;
@@ -406,7 +407,7 @@ mod tests {
             for o in &out {
                 match fleetwire_proto::decode(&o.bytes) {
                     Ok(f) => {
-                        e.ingest(t0 + 200_000, &[Accepted { frame: f, bytes: o.bytes.len() }]);
+                        e.ingest(t0 + 200_000, &[Accepted::new(f, o.bytes.len())]);
                     }
                     Err(_) => rejected += 1,
                 }

@@ -4,6 +4,8 @@
 //! holds the system calls the standard library lacks (the server's only
 //! `unsafe` code).
 
+pub(crate) mod osmand;
 pub(crate) mod quic;
 pub(crate) mod sys;
+pub(crate) mod teltonika;
 pub(crate) mod udp;

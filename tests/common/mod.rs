@@ -32,6 +32,9 @@ pub struct Server {
     pub udp: SocketAddr,
     pub quic: Option<SocketAddr>,
     pub http: SocketAddr,
+    /// Teltonika (UDP) and OsmAnd (HTTP) listeners.
+    pub teltonika: Option<SocketAddr>,
+    pub osmand: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _tmp: Option<tempfile::TempDir>,
@@ -67,6 +70,10 @@ impl Server {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--teltonika-listen",
+            "127.0.0.1:0",
+            "--osmand-listen",
+            "127.0.0.1:0",
             "--data-dir",
             &dir,
         ];
@@ -82,14 +89,22 @@ impl Server {
                 .map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 let l = fleetwire::server::Listeners::bind(&cfg).map_err(|e| e.to_string())?;
-                let _ = addr_tx.send((l.udp_addr(), l.quic_addr(), l.http_addr()));
+                let _ = addr_tx.send((
+                    l.udp_addr(),
+                    l.quic_addr(),
+                    l.http_addr(),
+                    l.teltonika_addr(),
+                    l.osmand_addr(),
+                ));
                 let stop = async {
                     let _ = stop_rx.await;
                 };
                 fleetwire::server::run(cfg, l, stop).await.map_err(|e| e.to_string())
             })
         });
-        let Ok((udp, quic, http)) = addr_rx.recv_timeout(Duration::from_secs(30)) else {
+        let Ok((udp, quic, http, teltonika, osmand)) =
+            addr_rx.recv_timeout(Duration::from_secs(30))
+        else {
             panic!("in-process server did not start: {:?}", thread.join());
         };
         // Bound is not yet serving: wait until HTTP answers.
@@ -98,6 +113,8 @@ impl Server {
             udp: udp.unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
             quic,
             http: http.expect("http listener"),
+            teltonika,
+            osmand,
             data_dir: data_dir.to_path_buf(),
             log: Default::default(),
             _tmp: None,
@@ -150,6 +167,10 @@ impl Server {
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
+                "--teltonika-listen",
+                "127.0.0.1:0",
+                "--osmand-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(data_dir)
@@ -168,7 +189,8 @@ impl Server {
                 log2.lock().unwrap().push(line);
             }
         });
-        let (mut udp, mut quic, mut http) = (None, None, None);
+        let (mut udp, mut quic, mut http, mut teltonika, mut osmand) =
+            (None, None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         let quic_wanted = !args.windows(2).any(|w| w == ["--quic-listen", "off"]);
         while udp.is_none() || http.is_none() || (quic_wanted && quic.is_none()) {
@@ -178,6 +200,8 @@ impl Server {
                     udp = udp.or(addr_after(&line, "udp"));
                     quic = quic.or(addr_after(&line, "quic"));
                     http = http.or(addr_after(&line, "http"));
+                    teltonika = teltonika.or(addr_after(&line, "teltonika"));
+                    osmand = osmand.or(addr_after(&line, "osmand"));
                 }
                 Err(_) => {
                     let _ = child.kill();
@@ -190,6 +214,8 @@ impl Server {
             udp: udp.unwrap(),
             quic,
             http: http.unwrap(),
+            teltonika,
+            osmand,
             data_dir: data_dir.to_path_buf(),
             log,
             _tmp: None,

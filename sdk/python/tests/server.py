@@ -31,7 +31,8 @@ class Server:
         self._found = threading.Condition()
         args = [BIN, "serve", "--udp-listen", "127.0.0.1:0",
                 "--quic-listen", "127.0.0.1:0" if quic else "off",
-                "--http-listen", "127.0.0.1:0", "--data-dir", str(data_dir), *extra]
+                "--http-listen", "127.0.0.1:0", "--teltonika-listen", "off",
+                "--osmand-listen", "off", "--data-dir", str(data_dir), *extra]
         # The server reads every FLEETWIRE_<KEY> variable as configuration
         # and refuses unknown keys (FLEETWIRE_BIN, FLEETWIRE_STATE_DIR, ...).
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWIRE_")}
