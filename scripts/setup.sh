@@ -2,7 +2,8 @@
 # Installs what fleetwire's tests need on a fresh Debian machine. Idempotent:
 # anything already present is left alone.
 #   - Debian packages: prometheus (promtool and a real Prometheus for the
-#     dashboard test), nats-server (JetStream test), python3 + pip
+#     dashboard test), nats-server (JetStream test), python3 + pip,
+#     chromium + chromium-driver (the headless-browser test, tests/browser.rs)
 #   - PyPI: aioquic (the independent QUIC peer of the interop test), pytest,
 #     and the Python SDK from sdk/python (reinstalled every run, so its tests
 #     run this tree's code)
@@ -25,6 +26,8 @@ command -v gcc >/dev/null || need_apt+=(gcc)
 command -v g++ >/dev/null || need_apt+=(g++)
 command -v clang >/dev/null || need_apt+=(clang libclang-rt-dev)
 command -v arm-none-eabi-gcc >/dev/null || need_apt+=(gcc-arm-none-eabi libnewlib-arm-none-eabi)
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get update -qq

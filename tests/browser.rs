@@ -250,7 +250,30 @@ fn the_live_map_shows_every_simulated_device_and_follows_a_move() {
     let popup = popup.as_str().unwrap();
     assert!(popup.contains(&format!("device {other}")), "{popup}");
     assert!(popup.contains("km/h") && popup.contains("sim-1.0"), "{popup}");
+    let view = b.eval(
+        "var m = window.fleetwire.map, c = m.getCenter(); return [c.lat, c.lng, m.getZoom()]",
+    );
+    let at = &want[other.to_string()];
+    let off = |i: usize| (view[i].as_f64().unwrap() - at[i].as_f64().unwrap()).abs();
+    assert!(off(0) < 1e-3 && off(1) < 1e-3, "the map is centred on device {other}: {view}, {at}");
+    assert!(view[2].as_f64().unwrap() >= 13.0, "and zoomed in: {view}");
 
+    b.wait_for(
+        "var p = document.querySelector('.leaflet-popup');
+         return p && getComputedStyle(p).opacity === '1'",
+        5,
+    );
+    let png = b.screenshot(&artifacts_dir().join("map-popup.png"));
+    assert!(png_size(&png).is_some(), "the screenshot is a PNG");
+
+    // The whole fleet (Munich and Sydney), once the page has drawn it.
+    b.eval(
+        "window.fleetwire.map.closePopup(); window.fleetwire.fit(); window.__drawn = false;
+         requestAnimationFrame(function () {
+           requestAnimationFrame(function () { window.__drawn = true; });
+         });",
+    );
+    b.wait_for("return window.__drawn && !document.querySelector('.leaflet-popup')", 5);
     let png = b.screenshot(&artifacts_dir().join("map.png"));
     assert!(png_size(&png).is_some(), "the screenshot is a PNG");
 }

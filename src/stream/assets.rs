@@ -115,9 +115,14 @@ mod tests {
             }
         }
         // The scan sees the references at all.
-        for must in
-            ["leaflet.js", "leaflet.css", "map.js", "map.css", "world-110m.geojson", "images/layers.png"]
-        {
+        for must in [
+            "leaflet.js",
+            "leaflet.css",
+            "map.js",
+            "map.css",
+            "world-110m.geojson",
+            "images/layers.png",
+        ] {
             assert!(seen.iter().any(|s| s == must), "no reference to {must} found: {seen:?}");
         }
     }
@@ -186,7 +191,10 @@ mod tests {
         assert!(!plain.contains("fleetwire-tiles\""), "{plain}");
         assert!(!plain.contains(TILES_PLACEHOLDER));
         let page = index_html(Some("https://t.example/{z}/{x}/{y}.png?a=1&b=\"><script>"));
-        let want = "<meta name=\"fleetwire-tiles\" content=\"https://t.example/{z}/{x}/{y}.png?a=1&amp;b=&quot;&gt;&lt;script&gt;\">";
+        let want = concat!(
+            "<meta name=\"fleetwire-tiles\" ",
+            "content=\"https://t.example/{z}/{x}/{y}.png?a=1&amp;b=&quot;&gt;&lt;script&gt;\">"
+        );
         assert!(page.contains(want), "{page}");
         assert!(page.find(want) < page.find("<script"), "the meta tag is in the head");
         assert_eq!(page.matches("<script").count(), 2, "only the page's own scripts");

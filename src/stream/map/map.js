@@ -2,17 +2,18 @@
 // marker per device with a short track tail on Leaflet, over an offline
 // world outline (and a tile layer when the server names one).
 //
-// Under a flood of updates the page stays responsive: a message only
-// updates the in-memory state of its device (O(1)) and marks the device
-// dirty; once per animation frame the dirty devices are drawn with their
-// newest state, within a time budget (the rest wait for the next frame,
-// still newest-wins). So the work per frame is bounded by the number of
-// devices, not by the number of messages, and memory by the number of
-// devices times the tail length.
+// Under a flood of updates the page stays usable: a message only updates
+// the in-memory state of its device (O(1)) and marks the device dirty;
+// drawing happens in animation frames, in slices of at most SLICE_MS,
+// paced so that drawing (with Leaflet's canvas redraws) takes at most
+// DRAW_SHARE of the time, each device drawn with its newest state. So the
+// drawing work is bounded by the number of devices, not by the number of
+// messages, and memory by the number of devices times the tail length.
 (function () {
   "use strict";
 
   var TAIL_POINTS = 20; // positions kept per device for its track tail
+  var TAIL_BREAK_M = 50000; // a longer step between two positions starts a new tail
   var SLICE_MS = 25; // longest drawing slice (one task, well under 50 ms)
   var DRAW_SHARE = 0.25; // at most this share of the time goes to drawing
   var COLORS = { moving: "#1a9c3e", stopped: "#1f6fd1", offline: "#8a8f98" };
@@ -127,6 +128,9 @@
     var t = d.track;
     var last = t.length ? t[t.length - 1] : null;
     if (last && last[0] === p.latitude && last[1] === p.longitude) return;
+    // A jump (a relocated device, one back after a long silence) starts
+    // a new tail instead of a line across the map.
+    if (last && L.latLng(last).distanceTo([p.latitude, p.longitude]) > TAIL_BREAK_M) t.length = 0;
     t.push([p.latitude, p.longitude]);
     while (t.length > TAIL_POINTS) t.shift();
   }
@@ -410,10 +414,24 @@
     return out;
   }
 
+  // Programmatic views are not animated: Leaflet ignores a setView while
+  // a zoom animation runs, so an animated fit could swallow a search.
   function fit() {
     var pts = positioned();
-    if (pts.length === 1) map.setView(pts[0], 13);
-    else if (pts.length > 1) map.fitBounds(L.latLngBounds(pts), { padding: [40, 40], maxZoom: 15 });
+    if (pts.length === 1) map.setView(pts[0], 13, { animate: false });
+    else if (pts.length > 1) {
+      map.fitBounds(L.latLngBounds(pts), { padding: [40, 40], maxZoom: 15, animate: false });
+    }
+  }
+
+  function centreOn(ll, zoom) {
+    map.setView(ll, zoom, { animate: false });
+    if (map.getZoom() !== zoom) {
+      // A zoom animation (the user's) was running: go there once it ends.
+      map.once("zoomend", function () {
+        map.setView(ll, zoom, { animate: false });
+      });
+    }
   }
 
   ["mousedown", "wheel", "touchstart", "keydown"].forEach(function (t) {
@@ -442,7 +460,7 @@
     dirty.delete(id);
     draw(d);
     userMoved = true;
-    map.setView([d.position.latitude, d.position.longitude], Math.max(map.getZoom(), 13));
+    centreOn([d.position.latitude, d.position.longitude], Math.max(map.getZoom(), 13));
     d.marker.openPopup();
   });
 
