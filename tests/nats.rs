@@ -294,3 +294,67 @@ fn tail_prints_what_sim_sent() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
 }
+
+/// With `teltonika_ack = "published"`, a tracker's packet is acknowledged
+/// only once JetStream stored its records: while NATS is away the tracker
+/// gets no ACK (and keeps its records), and the ACK comes when NATS is back.
+#[test]
+fn teltonika_packets_are_acknowledged_once_published() {
+    let mut nats = Nats::start();
+    let s = Server::in_process(&[
+        "--forward-nats-url",
+        &nats.url(),
+        "--teltonika-ack",
+        "published",
+        "--max-age",
+        "20years",
+    ]);
+    s.wait_until(20, "the forwarder to connect", |s| forward(s)["connected"] == true);
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/tests/data/teltonika-udp.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let packet = hex::decode(v["vectors"][2]["hex"].as_str().unwrap()).unwrap();
+    let want = hex::decode(v["vectors"][2]["ack_hex"].as_str().unwrap()).unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ack_within = |secs: u64| {
+        sock.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+        let mut buf = [0u8; 16];
+        sock.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    };
+    sock.connect(s.teltonika.unwrap()).unwrap();
+    sock.send(&packet).unwrap();
+    assert_eq!(ack_within(10), Some(want.clone()), "ACK once stored");
+    let stored = nats.stream_records();
+    assert_eq!(stored.len(), 2, "the record's position and monitoring: {stored:?}");
+
+    // NATS away: the packet is taken but not acknowledged.
+    nats.stop();
+    let second = {
+        let mut p = packet.clone();
+        // Another record time (bytes 25..33 of the first record), so it is new.
+        p[32] ^= 1;
+        p
+    };
+    sock.send(&second).unwrap();
+    assert_eq!(ack_within(3), None, "no ACK while the records are not stored");
+    assert_eq!(s.metric("fleetwire_teltonika_acks_waiting", &[]), 1.0);
+    // The tracker resends; still nothing, and nothing counted twice.
+    sock.send(&second).unwrap();
+    assert_eq!(ack_within(2), None);
+    assert_eq!(s.metric("fleetwire_records_total", &[("kind", "position")]), 2.0);
+
+    // NATS back: both attempts are acknowledged.
+    nats.restart();
+    assert_eq!(ack_within(30).as_deref(), Some(&want[..]));
+    assert_eq!(ack_within(10).as_deref(), Some(&want[..]));
+    assert_eq!(s.metric("fleetwire_teltonika_acks_waiting", &[]), 0.0);
+    assert_eq!(s.metric("fleetwire_teltonika_acks_total", &[]), 3.0);
+    settle(&s);
+    // JetStream de-duplicated the resend: 2 records per distinct packet.
+    assert_eq!(nats.stream_records().len(), 4);
+}

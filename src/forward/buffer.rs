@@ -10,7 +10,9 @@ use fleetwire_proto::{Body, Frame, MAX_FRAME_LEN, Record, encode};
 use parking_lot::Mutex;
 
 use super::config::NatsConfig;
-use crate::ingest::{NewRecords, RecordSink, Transport};
+use std::sync::Arc;
+
+use crate::ingest::{Confirm, NewRecords, RecordSink, Transport};
 use crate::telemetry::{Counter, Gauge, Registry};
 
 /// One record waiting to be published.
@@ -27,6 +29,8 @@ pub(crate) struct Pending {
     pub(crate) received_ms: u64,
     /// Transport it came in on.
     pub(crate) transport: Transport,
+    /// The sender waiting for this record to be stored, if any.
+    pub(crate) confirm: Option<Arc<Confirm>>,
 }
 
 /// The forwarder's series; `/api/summary` reads the same handles.
@@ -172,8 +176,15 @@ impl Forwarder {
         self.notify.notify_one();
     }
 
-    /// Queues every record of an accepted frame. Never blocks on NATS.
-    pub(crate) fn push_frame(&self, frame: &Frame<'_>, now_ms: u64, transport: Transport) {
+    /// Queues every record of an accepted frame (each taking a share of
+    /// `confirm`, when given). Never blocks on NATS.
+    pub(crate) fn push_frame(
+        &self,
+        frame: &Frame<'_>,
+        now_ms: u64,
+        transport: Transport,
+        confirm: Option<&Arc<Confirm>>,
+    ) {
         let mut buf = [0u8; MAX_FRAME_LEN];
         let base = if frame.timestamp_ms == 0 { now_ms } else { frame.timestamp_ms };
         let mut out: arrayvec::ArrayVec<Pending, 16> = arrayvec::ArrayVec::new();
@@ -182,7 +193,14 @@ impl Forwarder {
                 let f = Frame::new(frame.device_id, frame.sequence, t_ms, body);
                 let Ok(n) = encode(&f, &mut buf) else { return };
                 let payload = Bytes::copy_from_slice(&buf[..n]);
-                let crc = fleetwire_proto::crc32c(&payload);
+                // The frame's own CRC-32C trailer: a digest of its content
+                // (kind, time, values), so a record sent again gets the same
+                // id, and records of devices without sequence numbers
+                // (sequence 0) get different ones. (A CRC over the frame
+                // with its trailer is the same constant for every frame.)
+                let crc = buf
+                    .get(n.saturating_sub(4)..n)
+                    .map_or(0, |t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]));
                 let p = Pending {
                     subject: format!(
                         "{}.{}.{}",
@@ -194,6 +212,10 @@ impl Forwarder {
                     payload,
                     received_ms: now_ms,
                     transport,
+                    confirm: confirm.map(|c| {
+                        c.expect();
+                        c.clone()
+                    }),
                 };
                 if out.is_full() {
                     self.push_all(out.drain(..), false);
@@ -252,8 +274,19 @@ impl Forwarder {
 
 impl RecordSink for Forwarder {
     fn push(&self, records: &NewRecords<'_>) {
-        for f in records.frames() {
-            self.push_frame(f, records.now_ms, records.transport);
+        match records.confirm {
+            // The sender waits until its records are stored: all of them,
+            // copies included (JetStream de-duplicates by Nats-Msg-Id).
+            Some(c) => {
+                for f in records.all_frames() {
+                    self.push_frame(f, records.now_ms, records.transport, Some(c));
+                }
+            }
+            None => {
+                for f in records.frames() {
+                    self.push_frame(f, records.now_ms, records.transport, None);
+                }
+            }
         }
     }
 }
@@ -273,13 +306,29 @@ mod tests {
         let samples: Vec<Sample<'_>> =
             (0..3).map(|i| Sample { offset_ms: 1000 * (3 - i), record: ev(i as u16) }).collect();
         let f = Frame::new(9, 4, 10_000, Body::Batch(Batch { samples: Seq::from_slice(&samples) }));
-        fw.push_frame(&f, 20_000, Transport::Udp);
+        fw.push_frame(&f, 20_000, Transport::Udp, None);
         assert_eq!(fw.buffered(), 3);
         let got = fw.take(10);
         assert_eq!(got[0].subject, "fleetwire.9.event");
         let first = fleetwire_proto::decode(&got[0].payload).unwrap();
         assert_eq!((first.device_id, first.sequence, first.timestamp_ms), (9, 4, 7_000));
         assert_ne!(got[0].msg_id, got[1].msg_id);
+        // Records of devices without sequence numbers (all sequence 0)
+        // differ by content; the same record again has the same id.
+        let at = |t| {
+            Frame::new(
+                9,
+                0,
+                t,
+                Body::Event(Event { code: 1, severity: Severity::Info, text: None }),
+            )
+        };
+        for t in [1_000, 2_000, 1_000] {
+            fw.push_frame(&at(t), 5_000, Transport::Teltonika, None);
+        }
+        let ids: Vec<String> = fw.take(3).into_iter().map(|p| p.msg_id).collect();
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(ids[0], ids[2]);
         for i in 0..4u32 {
             fw.push_frame(
                 &Frame::new(
@@ -290,9 +339,10 @@ mod tests {
                 ),
                 1,
                 Transport::Quic,
+                None,
             );
         }
-        fw.push_frame(&f, 20_000, Transport::Udp);
+        fw.push_frame(&f, 20_000, Transport::Udp, None);
         assert_eq!(fw.buffered(), 5);
         assert_eq!(fw.metrics.dropped.get(), 2);
         let left = fw.take(10);

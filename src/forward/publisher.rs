@@ -154,7 +154,7 @@ async fn publish_batch(
     failed.extend(iter);
     let results = futures_util::future::join_all(acks.into_iter().map(|(p, ack)| async move {
         match tokio::time::timeout(Duration::from_secs(10), ack).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(p),
             Ok(Err(e)) => Err((p, e.to_string())),
             Err(_) => Err((p, "acknowledgement timed out".to_string())),
         }
@@ -163,8 +163,11 @@ async fn publish_batch(
     let mut nack = Vec::new();
     for r in results {
         match r {
-            Ok(()) => {
+            Ok(p) => {
                 fw.metrics.acknowledged.inc();
+                if let Some(c) = &p.confirm {
+                    c.confirm();
+                }
             }
             Err((p, e)) => {
                 tracing::debug!(error = %e, "publish not acknowledged");

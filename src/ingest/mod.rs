@@ -15,7 +15,9 @@ pub(crate) mod replay;
 
 pub(crate) use counters::IngestCounters;
 pub use keys::KeysError;
-pub(crate) use pipeline::{Admitted, Datagram, NewRecords, Pipeline, RecordSink};
+pub(crate) use pipeline::{
+    Admitted, Confirm, ConfirmCounts, Datagram, NewRecords, Pipeline, RecordSink,
+};
 pub use policy::UdpAuth;
 pub(crate) use policy::{Policy, PolicyConfig};
 pub(crate) use reason::{Reason, Transport};

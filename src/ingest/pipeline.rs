@@ -5,15 +5,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
 use fleetwire_proto::{DecodeError, Frame, decode};
+use parking_lot::Mutex;
 
 use super::counters::IngestCounters;
 use super::policy::Policy;
 use super::reason::{MAX_REASONS, Reason, Transport};
 use crate::engine::{Accepted, Dedup, Engine};
+use crate::telemetry::{Counter, Gauge};
 
 /// One received datagram (or QUIC stream record).
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +49,8 @@ pub(crate) struct NewRecords<'a> {
     pub(crate) now_ms: u64,
     batch: &'a [Accepted<'a>],
     applied: u64,
+    /// When the sender waits for its records to be stored downstream.
+    pub(crate) confirm: Option<&'a Arc<Confirm>>,
 }
 
 impl<'a> NewRecords<'a> {
@@ -60,9 +64,101 @@ impl<'a> NewRecords<'a> {
             .map(|(_, a)| &a.frame)
     }
 
+    /// Every frame of the batch, copies included: what a sink that
+    /// confirms storage must (re)store, since the sender cannot know which
+    /// of its records a previous attempt stored.
+    pub(crate) fn all_frames(&self) -> impl Iterator<Item = &'a Frame<'a>> + '_ {
+        self.batch.iter().map(|a| &a.frame)
+    }
+
     /// Whether there is none.
     pub(crate) fn is_empty(&self) -> bool {
         self.applied == 0
+    }
+}
+
+/// A sender waiting for its records to be stored downstream (a Teltonika
+/// tracker with `teltonika_ack = "published"`): each confirming sink takes
+/// a share per record ([`expect`](Self::expect)) and gives it back once
+/// stored ([`confirm`](Self::confirm)); when every share is back after the
+/// sender handed out all its records ([`arm`](Self::arm)), `on_done` runs
+/// once. A confirmation dropped before that (a record dropped from a full
+/// buffer, the server stopping) counts as withheld: the sender resends.
+pub(crate) struct Confirm {
+    /// Shares taken and not yet given back.
+    pending: AtomicU32,
+    armed: AtomicBool,
+    on_done: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    counts: ConfirmCounts,
+}
+
+/// How a sender's confirmations are counted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConfirmCounts {
+    /// Confirmations still waiting.
+    pub(crate) waiting: Gauge,
+    /// Confirmations dropped incomplete.
+    pub(crate) withheld: Counter,
+}
+
+impl Confirm {
+    /// A confirmation running `on_done` once complete, counted in `counts`.
+    pub(crate) fn new(
+        on_done: impl FnOnce() + Send + 'static,
+        counts: &ConfirmCounts,
+    ) -> Arc<Self> {
+        counts.waiting.add(1.0);
+        Arc::new(Confirm {
+            pending: AtomicU32::new(0),
+            armed: AtomicBool::new(false),
+            on_done: Mutex::new(Some(Box::new(on_done))),
+            counts: counts.clone(),
+        })
+    }
+
+    /// A sink took a record to confirm.
+    pub(crate) fn expect(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A sink stored one of the records it took.
+    pub(crate) fn confirm(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.fire_if_complete();
+        }
+    }
+
+    /// The sender handed out every record.
+    pub(crate) fn arm(&self) {
+        self.armed.store(true, Ordering::Release);
+        self.fire_if_complete();
+    }
+
+    fn fire_if_complete(&self) {
+        if self.armed.load(Ordering::Acquire) && self.pending.load(Ordering::Acquire) == 0 {
+            if let Some(f) = self.on_done.lock().take() {
+                self.counts.waiting.add(-1.0);
+                f();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Confirm")
+            .field("pending", &self.pending)
+            .field("armed", &self.armed)
+            .finish()
+    }
+}
+
+impl Drop for Confirm {
+    fn drop(&mut self) {
+        if self.on_done.get_mut().is_some() {
+            self.counts.waiting.add(-1.0);
+            self.counts.withheld.inc();
+        }
     }
 }
 
@@ -159,7 +255,13 @@ impl Pipeline {
                 }
             }
             let done = self.engine.ingest(now_ms, &batch);
-            let new = NewRecords { transport: t, now_ms, batch: &batch, applied: done.applied };
+            let new = NewRecords {
+                transport: t,
+                now_ms,
+                batch: &batch,
+                applied: done.applied,
+                confirm: None,
+            };
             if !new.is_empty() {
                 for s in &self.sinks {
                     s.push(&new);
@@ -253,6 +355,16 @@ impl Admitted<'_> {
     /// the admitted device, with the record's own time as timestamp).
     /// Returns how many brought new records (the others were copies).
     pub(crate) fn apply(&self, frames: &[Frame<'_>]) -> u32 {
+        self.apply_confirmed(frames, None)
+    }
+
+    /// [`apply`](Self::apply), and when `confirm` is given, the sinks that
+    /// confirm storage take every frame (copies too) with it.
+    pub(crate) fn apply_confirmed(
+        &self,
+        frames: &[Frame<'_>],
+        confirm: Option<&Arc<Confirm>>,
+    ) -> u32 {
         let mut new = 0;
         for chunk in frames.chunks(CHUNK) {
             let mut batch: ArrayVec<Accepted<'_>, CHUNK> = ArrayVec::new();
@@ -267,8 +379,9 @@ impl Admitted<'_> {
                 now_ms: self.now_ms,
                 batch: &batch,
                 applied: done.applied,
+                confirm,
             };
-            if !records.is_empty() {
+            if !records.is_empty() || confirm.is_some() {
                 for s in &self.pipeline.sinks {
                     s.push(&records);
                 }

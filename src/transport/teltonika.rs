@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use super::sys;
 use super::udp::{BoundUdp, inode, kernel_drops};
 use crate::clock::now_ms;
-use crate::ingest::{Admitted, DeviceRegistry, Pipeline, Reason, Transport};
+use crate::ingest::{
+    Admitted, Confirm, ConfirmCounts, DeviceRegistry, Pipeline, Reason, Transport,
+};
 use crate::protocols::teltonika::{self, Priority, Record};
 use crate::telemetry::{Counter, Registry};
 
@@ -56,6 +58,7 @@ pub(crate) struct TeltonikaConfig {
 #[derive(Debug, Clone)]
 struct TeltonikaMetrics {
     acks: Counter,
+    confirms: ConfirmCounts,
     io_dropped: Counter,
 }
 
@@ -69,6 +72,9 @@ struct Receiver {
     pipeline: Arc<Pipeline>,
     registry: Arc<DeviceRegistry>,
     metrics: TeltonikaMetrics,
+    ack: TeltonikaAck,
+    /// The socket, for acknowledgements sent once records are published.
+    socket: Arc<UdpSocket>,
 }
 
 impl TeltonikaReceiver {
@@ -95,17 +101,36 @@ impl TeltonikaReceiver {
                 "Acknowledgements sent to Teltonika trackers (one per packet taken).",
                 &[],
             ),
+            confirms: ConfirmCounts {
+                waiting: r.gauge(
+                    "fleetwire_teltonika_acks_waiting",
+                    "Packets whose ACK waits for NATS JetStream to store their records (teltonika_ack = \"published\").",
+                    &[],
+                ),
+                withheld: r.counter(
+                    "fleetwire_teltonika_acks_withheld_total",
+                    "Packets never acknowledged because their records were not stored in NATS JetStream (dropped from the full buffer, or the server stopped): the tracker resends them.",
+                    &[],
+                ),
+            },
             io_dropped: r.counter(
                 "fleetwire_teltonika_io_dropped_total",
                 "IO elements not kept: variable-length values, and elements beyond the 32 readings of a record.",
                 &[],
             ),
         };
-        let rx = Receiver { pipeline: pipeline.clone(), registry: registry.clone(), metrics };
+        let socket = Arc::new(socket.socket);
+        let rx = Receiver {
+            pipeline: pipeline.clone(),
+            registry: registry.clone(),
+            metrics,
+            ack: cfg.ack,
+            socket: socket.clone(),
+        };
         let (stop, batch) = (stop.clone(), cfg.batch);
         let thread = std::thread::Builder::new()
             .name("teltonika-rx".into())
-            .spawn(move || rx.run(&socket.socket, batch, &stop))?;
+            .spawn(move || rx.run(&socket, batch, &stop))?;
         Ok(TeltonikaReceiver { thread })
     }
 
@@ -189,14 +214,41 @@ impl Receiver {
         // Oldest first: a packet sent newest-first counts as the same packet
         // sent in order (odometer, last position).
         records.sort_by_key(Record::timestamp_ms);
+        let ack = packet.ack(packet.record_count());
+        let confirm = match (self.ack, source) {
+            (TeltonikaAck::Published, Some(to)) => {
+                let (socket, acks) = (self.socket.clone(), self.metrics.acks.clone());
+                let send = move || {
+                    if socket.send_to(&ack, to).is_ok() {
+                        acks.inc();
+                    }
+                };
+                Some(Confirm::new(send, &self.metrics.confirms))
+            }
+            _ => None,
+        };
         for r in &records {
-            self.apply(&admitted, device, r, now);
+            self.apply(&admitted, device, r, now, confirm.as_ref());
         }
-        Some(packet.ack(packet.record_count()))
+        match confirm {
+            // Sent by the last confirmation from NATS JetStream.
+            Some(c) => {
+                c.arm();
+                None
+            }
+            None => Some(ack),
+        }
     }
 
     /// Turns one record into frames and applies them.
-    fn apply(&self, admitted: &Admitted<'_>, device: u32, r: &Record<'_>, now: u64) {
+    fn apply(
+        &self,
+        admitted: &Admitted<'_>,
+        device: u32,
+        r: &Record<'_>,
+        now: u64,
+        confirm: Option<&Arc<Confirm>>,
+    ) {
         let t_ms = match r.timestamp_ms() {
             0 => now,
             t => t,
@@ -233,7 +285,7 @@ impl Receiver {
             let e = Event { code: r.event_io_id(), severity, text: None };
             frames.push(Frame::new(device, 0, t_ms, Body::Event(e)));
         }
-        admitted.apply(&frames);
+        admitted.apply_confirmed(&frames, confirm);
     }
 }
 
