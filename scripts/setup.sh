@@ -44,6 +44,12 @@ if [ "$(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo 0)" -lt 16777216 ]; 
     || echo "setup: could not raise net.core.rmem_max (tests run as root force their buffers)"
 fi
 
+if ! python3 -c 'import websockets' 2>/dev/null; then
+  echo "setup: pip install websockets (the live stream's WebSocket test client)"
+  python3 -m pip install -q websockets 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages websockets
+fi
+
 if ! python3 -c 'import aioquic' 2>/dev/null; then
   echo "setup: pip install aioquic"
   python3 -m pip install -q aioquic 2>/dev/null \

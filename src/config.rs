@@ -18,6 +18,7 @@ use crate::engine::EngineConfig;
 use crate::forward::ForwardConfig;
 use crate::ingest::{PolicyConfig, RegistryConfig, UdpAuth};
 use crate::protocols::osmand::SpeedUnit;
+use crate::stream::StreamConfig;
 use crate::transport::osmand::OsmandConfig;
 use crate::transport::quic::{ClientAuth, QuicConfig};
 use crate::transport::teltonika::{TeltonikaAck, TeltonikaConfig};
@@ -43,6 +44,24 @@ pub struct Config {
     pub osmand_speed_unit: SpeedUnit,
     /// Token OsmAnd clients must send (Bearer or `token=`); empty = none.
     pub osmand_token: String,
+    /// `<token> <role>` per line; when set, the API needs a token. Reloaded on SIGHUP.
+    pub http_tokens_file: PathBuf,
+    /// Whether /metrics needs a token too (with http_tokens_file).
+    pub metrics_auth: bool,
+    /// A tile URL template for the map (`https://.../{z}/{x}/{y}.png`); empty = the offline outline only.
+    pub map_tiles_url: String,
+    /// Most live-stream clients at once.
+    pub stream_max_clients: usize,
+    /// Keep-alive interval of live-stream connections.
+    #[serde(with = "humantime_serde")]
+    pub stream_keepalive: Duration,
+    /// Messages kept for live-stream resumes (Last-Event-ID).
+    pub stream_replay: usize,
+    /// Oldest message kept for resumes.
+    #[serde(with = "humantime_serde")]
+    pub stream_replay_age: Duration,
+    /// Messages a live-stream client may fall behind before it is told `dropped`.
+    pub stream_client_queue: usize,
     /// Identifiers (IMEIs, phone ids) with device ids and names; empty = none.
     pub devices_file: PathBuf,
     /// Whether unknown identifiers get a device id of their own.
@@ -151,6 +170,14 @@ impl Default for Config {
             osmand_listen: "0.0.0.0:5055".into(),
             osmand_speed_unit: SpeedUnit::Knots,
             osmand_token: String::new(),
+            http_tokens_file: PathBuf::new(),
+            metrics_auth: false,
+            map_tiles_url: String::new(),
+            stream_max_clients: 1000,
+            stream_keepalive: Duration::from_secs(15),
+            stream_replay: 10_000,
+            stream_replay_age: Duration::from_secs(60),
+            stream_client_queue: 1024,
             devices_file: PathBuf::new(),
             auto_register: true,
             auto_register_limit: 100_000,
@@ -269,6 +296,23 @@ impl Config {
         }
         if self.offline_after_max < self.offline_after {
             return inv("offline_after_max", "must be at least offline_after");
+        }
+        if self.stream_max_clients > 100_000 {
+            return inv("stream_max_clients", "must be at most 100000");
+        }
+        if self.stream_keepalive < Duration::from_secs(1)
+            || self.stream_keepalive > Duration::from_secs(3600)
+        {
+            return inv("stream_keepalive", "must be 1s to 1h");
+        }
+        if self.stream_replay > 1_000_000 {
+            return inv("stream_replay", "must be at most 1000000");
+        }
+        if self.stream_client_queue < 16 || self.stream_client_queue > 65_536 {
+            return inv("stream_client_queue", "must be 16 to 65536");
+        }
+        if self.metrics_auth && self.http_tokens_file.as_os_str().is_empty() {
+            return inv("metrics_auth", "needs http_tokens_file");
         }
         if self.teltonika_ack == TeltonikaAck::Published && !self.forward.nats.enabled() {
             return inv(
@@ -405,6 +449,17 @@ impl Config {
                 .then(|| self.devices_file.clone()),
             auto_register: self.auto_register,
             limit: self.auto_register_limit,
+        }
+    }
+
+    /// The live stream's slice.
+    pub(crate) fn stream(&self) -> StreamConfig {
+        StreamConfig {
+            max_clients: self.stream_max_clients,
+            keepalive: self.stream_keepalive,
+            replay: self.stream_replay,
+            replay_age: self.stream_replay_age,
+            client_queue: self.stream_client_queue,
         }
     }
 

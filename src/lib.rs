@@ -24,12 +24,15 @@ pub mod server;
 pub mod sim;
 pub(crate) mod snapshot;
 pub(crate) mod store;
+pub(crate) mod stream;
 pub(crate) mod telemetry;
 pub(crate) mod transport;
+pub(crate) mod views;
 
 pub(crate) mod cli;
 
 pub use cli::{main, serve_config};
+pub use export::auth::TokensError;
 pub use forward::{ForwardConfig, NatsConfig};
 pub use ingest::{DevicesFileError, KeysError, UdpAuth};
 pub use protocols::osmand::SpeedUnit;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, listen_addr};
 use crate::engine::{Engine, RecordKind};
+use crate::export::auth::{Tokens, TokensError};
 use crate::export::http::{self, HttpState};
 use crate::forward::{self, Forwarder};
 use crate::ingest::replay::ReplayWindows;
@@ -26,6 +27,7 @@ use crate::ingest::{
 };
 use crate::snapshot;
 use crate::store::{Store, StoreError};
+use crate::stream::StreamHub;
 use crate::telemetry::{Counter, Registry};
 use crate::transport::osmand;
 use crate::transport::quic::{self, QuicEndpoint};
@@ -129,6 +131,9 @@ pub enum ServerError {
     /// The devices file could not be read.
     #[error(transparent)]
     Devices(#[from] DevicesFileError),
+    /// The API tokens file could not be read.
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
     /// The QUIC endpoint could not start.
     #[error(transparent)]
     Quic(#[from] quic::StartError),
@@ -146,7 +151,10 @@ impl ServerError {
     /// Whether a setting is to blame: the exit code is then 2.
     pub fn is_config(&self) -> bool {
         match self {
-            ServerError::Config(_) | ServerError::Keys(_) | ServerError::Devices(_) => true,
+            ServerError::Config(_)
+            | ServerError::Keys(_)
+            | ServerError::Devices(_)
+            | ServerError::Tokens(_) => true,
             ServerError::Quic(e) => e.is_config(),
             ServerError::Bind { .. } | ServerError::Start { .. } => false,
         }
@@ -278,6 +286,7 @@ pub struct Running {
     teltonika: Option<TeltonikaReceiver>,
     osmand: Option<tokio::task::JoinHandle<()>>,
     http: Option<tokio::task::JoinHandle<()>>,
+    stream: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
     listening: Vec<(&'static str, String)>,
 }
@@ -294,9 +303,13 @@ impl Running {
         let engine = Arc::new(restore_engine(&cfg));
         let policy = restore_policy(&cfg, &engine, &registry)?;
         let devices = Arc::new(DeviceRegistry::load(&cfg.registry(), &cfg.data_dir, &registry)?);
+        let tokens = load_tokens(&cfg, &registry)?;
         let forwarder = start_forwarder(&cfg, &registry, &stop);
+        let hub = StreamHub::new(cfg.stream(), engine.clone(), &registry);
+        let stream_task = tokio::spawn(hub.clone().run(stop.clone()));
         let mut pipeline =
-            Pipeline::new(engine.clone(), IngestCounters::register(&registry), policy);
+            Pipeline::new(engine.clone(), IngestCounters::register(&registry), policy)
+                .with_sink(hub.clone() as Arc<dyn RecordSink>);
         if let Some((fw, _)) = &forwarder {
             pipeline = pipeline.with_sink(fw.clone() as Arc<dyn RecordSink>);
         }
@@ -320,6 +333,10 @@ impl Running {
                     forwarder: forwarder.as_ref().map(|(f, _)| f.clone()),
                     started,
                     listening: Vec::new(),
+                    stream: hub.clone(),
+                    tokens: tokens.clone(),
+                    map_tiles_url: (!cfg.map_tiles_url.is_empty())
+                        .then(|| cfg.map_tiles_url.clone()),
                 };
                 Some(start_http(l, state, &stop, &mut listening)?)
             }
@@ -327,7 +344,8 @@ impl Running {
         };
         let snap_every =
             (cfg.snapshot && !cfg.snapshot_interval.is_zero()).then_some(cfg.snapshot_interval);
-        let upkeep = tokio::spawn(upkeep(snap_every, saver.clone(), pipeline, stop.clone()));
+        let tasks = Upkeep { snap_every, saver: saver.clone(), pipeline, hub, tokens };
+        let upkeep = tokio::spawn(upkeep(tasks, stop.clone()));
         Ok(Running {
             stop,
             started,
@@ -340,6 +358,7 @@ impl Running {
             teltonika,
             osmand,
             http,
+            stream: stream_task,
             upkeep,
             listening,
         })
@@ -385,6 +404,7 @@ impl Running {
             let _ = tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), task).await;
         }
         let _ = self.upkeep.await;
+        let _ = self.stream.await;
         if let Some(t) = self.http {
             let _ = tokio::time::timeout(HTTP_DRAIN, t).await;
         }
@@ -555,8 +575,15 @@ fn start_http(
     let l = tokio::net::TcpListener::from_std(l)
         .map_err(|source| ServerError::Start { what: "the HTTP listener", source })?;
     if let Some(a) = addr {
-        tracing::info!(transport = "http", addr = %a, "listening (/metrics, /api, /healthz)");
+        tracing::info!(transport = "http", addr = %a, "listening (/metrics, /api, /map, /healthz)");
         listening.push(("http", a.to_string()));
+        if state.tokens.is_none() && !a.ip().is_loopback() {
+            tracing::warn!(
+                addr = %a,
+                "the HTTP API (every device's position, the live stream) is open to anyone \
+                 who reaches this address: set http_tokens_file, or listen on 127.0.0.1"
+            );
+        }
     }
     state.listening = listening.clone();
     Ok(http::spawn(l, state, stop.clone()))
@@ -567,12 +594,8 @@ fn start_http(
 /// SIGHUP; until the stop signal, which it sees only between two of these,
 /// so a snapshot in progress is finished or, at the stop signal, given up
 /// between two shards (the final snapshot follows).
-async fn upkeep(
-    snap_every: Option<Duration>,
-    saver: Arc<Saver>,
-    pipeline: Arc<Pipeline>,
-    stop: CancellationToken,
-) {
+async fn upkeep(u: Upkeep, stop: CancellationToken) {
+    let Upkeep { snap_every, saver, pipeline, hub, tokens } = u;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hup = Hangup::new();
@@ -583,9 +606,10 @@ async fn upkeep(
             // another snapshot after it.
             biased;
             _ = stop.cancelled() => return,
-            _ = hup.recv() => reload_keys(pipeline.policy()),
+            _ = hup.recv() => reload_on_hangup(pipeline.policy(), tokens.as_deref()),
             _ = tick.tick() => {
-                saver.engine.tick(now_ms());
+                let transitions = saver.engine.tick(now_ms());
+                hub.transitions(&transitions);
                 let s = saver.clone();
                 let _ = tokio::task::spawn_blocking(move || s.save_registry()).await;
                 if snap_every.is_some_and(|every| last_snap.elapsed() >= every) {
@@ -600,11 +624,37 @@ async fn upkeep(
     }
 }
 
-fn reload_keys(policy: &Policy) {
+/// What the upkeep task looks after.
+struct Upkeep {
+    snap_every: Option<Duration>,
+    saver: Arc<Saver>,
+    pipeline: Arc<Pipeline>,
+    hub: Arc<StreamHub>,
+    tokens: Option<Arc<Tokens>>,
+}
+
+/// SIGHUP: the device keys and the API tokens are read again.
+fn reload_on_hangup(policy: &Policy, tokens: Option<&Tokens>) {
     match policy.reload_keys() {
         Ok(n) => tracing::info!(keys = n, "reloaded device keys (SIGHUP)"),
         Err(e) => tracing::error!(error = %e, "keys reload failed; keeping the previous keys"),
     }
+    if let Some(t) = tokens {
+        match t.reload() {
+            Ok(n) => tracing::info!(tokens = n, "reloaded API tokens (SIGHUP)"),
+            Err(e) => {
+                tracing::error!(error = %e, "tokens reload failed; keeping the previous tokens")
+            }
+        }
+    }
+}
+
+/// Phase 1 too: the API tokens, when `http_tokens_file` is set.
+fn load_tokens(cfg: &Config, r: &Registry) -> Result<Option<Arc<Tokens>>, ServerError> {
+    if cfg.http_tokens_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tokens::load(&cfg.http_tokens_file, cfg.metrics_auth, r)?))
 }
 
 /// SIGHUP, where there is such a thing.

@@ -192,7 +192,6 @@ fn send_position(s: &Server, device: u32, seq: u32, lat: f64, lon: f64) {
 }
 
 #[test]
-#[ignore = "needs the /map route and /api/stream (issue 13 server side)"]
 fn the_live_map_shows_every_simulated_device_and_follows_a_move() {
     let s = Server::in_process(&[]);
     let b = Browser::start("map");

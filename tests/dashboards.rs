@@ -1,6 +1,7 @@
 //! The dashboards, scrape config and alerts against a real Prometheus
-//! (Debian package `prometheus`) scraping a running server that a simulated
-//! fleet feeds over UDP and QUIC, with loss, duplicates and corruption.
+//! (Debian package `prometheus`) scraping a running server that simulated
+//! fleets feed over UDP and QUIC, with loss, duplicates and corruption, and as
+//! Teltonika trackers and OsmAnd phones, with resends and garbage.
 
 mod common;
 
@@ -163,9 +164,13 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let tmp = tempfile::tempdir().unwrap();
 
     // A fleet over UDP and one over QUIC, running while Prometheus scrapes,
-    // with loss, duplicates, reordering and corruption.
+    // with loss, duplicates, reordering and corruption; Teltonika trackers
+    // (resends, corrupted packets) and OsmAnd phones (requests without id).
     let udp_target = s.udp.to_string();
     let quic_target = s.quic.unwrap().to_string();
+    let teltonika = s.teltonika.expect("Teltonika listener");
+    let osmand = s.osmand.expect("OsmAnd listener");
+    let (teltonika_target, osmand_target) = (teltonika.to_string(), osmand.to_string());
     let ca = s.data_dir.join("dev-cert.pem");
     let fleet = |args: &[&str]| {
         Killed(
@@ -222,10 +227,61 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         "--seed",
         "2",
     ]);
+    let _teltonika = fleet(&[
+        "--protocol",
+        "teltonika",
+        "--target",
+        &teltonika_target,
+        "--devices",
+        "20",
+        "--rate",
+        "2",
+        "--duration",
+        "120",
+        "--dup",
+        "3",
+        "--corrupt",
+        "3",
+        "--seed",
+        "3",
+    ]);
+    let _osmand = fleet(&[
+        "--protocol",
+        "osmand",
+        "--target",
+        &osmand_target,
+        "--devices",
+        "10",
+        "--first-id",
+        "201",
+        "--rate",
+        "2",
+        "--duration",
+        "120",
+        "--corrupt",
+        "3",
+        "--seed",
+        "4",
+    ]);
+    // Refusals the sims do not make: Teltonika packets with a bad packet
+    // type byte (length 3 matches, type 0x02), OsmAnd requests whose latitude
+    // does not parse.
+    let garbage = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..3 {
+        garbage.send_to(&[0x00, 0x03, 0xca, 0xfe, 0x02], teltonika).unwrap();
+        let r = ureq::get(&format!("http://{osmand}/?id=dashboards&lat=north&lon=11.5")).call();
+        assert!(matches!(r, Err(ureq::Error::StatusCode(400))), "{r:?}");
+    }
 
     // promtool check metrics on the live endpoint.
     s.wait_until(20, "traffic", |s| {
-        s.metric("fleetwire_datagrams_received_total", &[("transport", "quic")]) > 0.0
+        ["quic", "teltonika", "osmand"]
+            .iter()
+            .all(|t| s.metric("fleetwire_datagrams_accepted_total", &[("transport", t)]) > 0.0)
+            && s.metric(
+                "fleetwire_datagrams_rejected_total",
+                &[("transport", "teltonika"), ("reason", "bad_packet_type")],
+            ) == 3.0
     });
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
@@ -295,17 +351,36 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             "__rate_interval=10s",
         ]));
     assert!(ok, "{listing}");
+    const TRANSPORTS: [&str; 4] = ["osmand", "quic", "teltonika", "udp"];
+    let transports = |result: &[Value]| -> Vec<String> {
+        let mut t: Vec<String> = result
+            .iter()
+            .filter_map(|r| r["metric"]["transport"].as_str().map(str::to_string))
+            .collect();
+        t.sort();
+        t.dedup();
+        t
+    };
     let mut checked = 0;
     let mut empty = Vec::new();
+    let mut per_transport = 0;
     for line in listing.lines().filter(|l| l.starts_with('{')) {
         let t: Value = serde_json::from_str(line).unwrap();
         let expr = t["expanded"].as_str().unwrap_or_else(|| t["expr"].as_str().unwrap());
         assert!(!expr.contains('$'), "unsubstituted variable in {expr}");
-        if prom_query(&base, expr).is_empty() {
+        let result = prom_query(&base, expr);
+        if result.is_empty() {
             empty.push(format!("{} / {} / {}: {expr}", t["dashboard"], t["panel"], t["refId"]));
+        }
+        // A panel split by transport, not selecting some, shows every one.
+        let seen = transports(&result);
+        if !seen.is_empty() && !expr.contains("transport=") && !expr.contains("reason=") {
+            assert_eq!(seen, TRANSPORTS, "{} / {}: {expr}", t["dashboard"], t["panel"]);
+            per_transport += 1;
         }
         checked += 1;
     }
+    assert!(per_transport >= 4, "only {per_transport} panel queries split by transport");
     assert!(checked >= 30, "only {checked} expressions");
     assert!(
         empty.is_empty(),
@@ -321,6 +396,32 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             .is_empty()
     );
     assert!(!prom_query(&base, "fleetwire_frames_duplicate_total > 0").is_empty());
+    // Every transport carries traffic now, and has refusals.
+    let moving =
+        prom_query(&base, "sum by (transport) (rate(fleetwire_datagrams_accepted_total[10s])) > 0");
+    assert_eq!(transports(&moving), TRANSPORTS, "{moving:?}");
+    let refused = prom_query(&base, "sum by (transport) (fleetwire_datagrams_rejected_total) > 0");
+    assert_eq!(transports(&refused), TRANSPORTS, "{refused:?}");
+    assert!(
+        !prom_query(
+            &base,
+            "fleetwire_datagrams_rejected_total{transport=\"teltonika\", reason=\"bad_packet_type\"} == 3"
+        )
+        .is_empty()
+    );
+    assert!(
+        !prom_query(
+            &base,
+            "fleetwire_datagrams_rejected_total{transport=\"osmand\", reason=\"bad_value\"} == 3"
+        )
+        .is_empty()
+    );
+    // Trackers are acknowledged, and every IMEI and phone id registered
+    // once: 20 + 10 (the OsmAnd ids are `sim-<id>`, not numbers).
+    assert!(!prom_query(&base, "rate(fleetwire_teltonika_acks_total[10s]) > 0").is_empty());
+    assert!(!prom_query(&base, "fleetwire_registered_devices == 30").is_empty());
+    assert!(!prom_query(&base, "fleetwire_devices_registered_total == 30").is_empty());
+    assert!(!prom_query(&base, "fleetwire_device_online{device=\"4026531840\"}").is_empty());
     // The rules loaded and evaluate.
     let mut resp = ureq::get(&format!("{base}/api/v1/rules")).call().unwrap();
     let rules: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();

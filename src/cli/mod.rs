@@ -84,6 +84,22 @@ config_flags! {
     osmand_speed_unit: String,
     /// Token OsmAnd clients must send.
     osmand_token: String,
+    /// API tokens file ("<token> <role>" per line).
+    http_tokens_file: PathBuf,
+    /// /metrics needs a token too (true/false).
+    metrics_auth: bool,
+    /// Tile URL template for the map.
+    map_tiles_url: String,
+    /// Most live-stream clients.
+    stream_max_clients: usize,
+    /// Keep-alive of stream connections (e.g. 15s).
+    stream_keepalive: String,
+    /// Messages kept for stream resumes.
+    stream_replay: usize,
+    /// Oldest message kept for resumes (e.g. 1m).
+    stream_replay_age: String,
+    /// Messages a stream client may fall behind.
+    stream_client_queue: usize,
     /// Identifiers with device ids and names ("<identifier> <id> [name]").
     devices_file: PathBuf,
     /// Give unknown identifiers an id (true/false).

@@ -32,7 +32,7 @@ pub(crate) struct Fix {
 }
 
 impl Fix {
-    fn from_position(p: &Position, t_ms: u64) -> Fix {
+    pub(crate) fn from_position(p: &Position, t_ms: u64) -> Fix {
         Fix {
             t_ms,
             lat_e7: p.lat_e7,
@@ -172,6 +172,9 @@ pub(crate) struct Device {
     /// Whether this device currently holds one of the exported-series slots.
     #[serde(skip)]
     pub exported: bool,
+    /// Whether the last tick found it online (to report transitions).
+    #[serde(skip)]
+    pub was_online: bool,
     /// The device's recent reporting interval and the records of a device
     /// without sequence numbers. Saved in the snapshot as an extension after
     /// the device's record, so snapshots of earlier versions still read.
@@ -241,6 +244,7 @@ impl Device {
             last_event: None,
             counts: Counts::default(),
             exported: false,
+            was_online: false,
             ext: DeviceExt::default(),
         }
     }

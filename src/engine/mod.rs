@@ -60,12 +60,24 @@ impl<'a> Accepted<'a> {
     }
 }
 
+/// What [`Shard::apply`] did with one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// It brought new records (it was not a copy).
+    pub(crate) new: bool,
+    /// One of its positions became the device's fix.
+    pub(crate) fix: bool,
+}
+
 /// What [`Engine::ingest`] did with a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct IngestOutcome {
     /// Bit `i` set: frame `i` of the batch brought new records (only the
     /// first 64 frames are reported; the pipeline passes at most 64).
     pub applied: u64,
+    /// Bit `i` set: a position of frame `i` passed the plausibility filter
+    /// and became the device's fix.
+    pub fixes: u64,
 }
 
 /// Fleet totals plus sizes, summed over shards.
@@ -137,11 +149,11 @@ impl Engine {
                 for j in i..chunk.len() {
                     if !done[j] && shard_of[j] == s {
                         let a = &chunk[j];
-                        if shard.apply(now_ms, a, &self.cfg, &self.slots) {
-                            let k = base + j;
-                            if k < 64 {
-                                out.applied |= 1 << k;
-                            }
+                        let r = shard.apply(now_ms, a, &self.cfg, &self.slots);
+                        let k = base + j;
+                        if k < 64 {
+                            out.applied |= u64::from(r.new) << k;
+                            out.fixes |= u64::from(r.fix) << k;
                         }
                         done[j] = true;
                     }
@@ -151,11 +163,14 @@ impl Engine {
         out
     }
 
-    /// Periodic upkeep (call about once a second).
-    pub(crate) fn tick(&self, now_ms: u64) {
+    /// Periodic upkeep (call about once a second). Returns the devices that
+    /// went online or offline since the last tick (id, now online).
+    pub(crate) fn tick(&self, now_ms: u64) -> Vec<(u32, bool)> {
+        let mut transitions = Vec::new();
         for s in self.shards.iter() {
-            s.lock().tick(now_ms, &self.cfg, &self.slots);
+            s.lock().tick(now_ms, &self.cfg, &self.slots, &mut transitions);
         }
+        transitions
     }
 
     /// Fleet totals.

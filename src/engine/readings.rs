@@ -75,6 +75,11 @@ impl ReadingSeries {
         self.samples.push_back((t_ms, value));
     }
 
+    /// The newest sample's value (by sample time), if any.
+    pub(crate) fn last(&self) -> Option<f64> {
+        self.samples.iter().max_by_key(|(t, _)| *t).map(|(_, v)| *v)
+    }
+
     /// Number of stored samples.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

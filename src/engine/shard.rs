@@ -8,7 +8,7 @@ use hashbrown::HashMap;
 
 use super::device::Device;
 use super::sequence::SeqOutcome;
-use super::{Accepted, Dedup, EngineConfig, RecordKind, ShardTotals};
+use super::{Accepted, Applied, Dedup, EngineConfig, RecordKind, ShardTotals};
 
 /// The kind a frame's body counts as (a batch by its first kind: a frame
 /// without sequence number is never a batch).
@@ -194,14 +194,15 @@ impl Shard {
 
     /// Applies one accepted frame that arrived at `now_ms` in a datagram of
     /// `bytes` bytes. Cannot fail: every frame leaves the state consistent.
-    /// Returns whether its records were taken (false for a duplicate).
+    /// Says whether its records were taken (not for a duplicate) and
+    /// whether a position of it became the device's fix.
     pub(crate) fn apply(
         &mut self,
         now_ms: u64,
         a: &Accepted<'_>,
         cfg: &EngineConfig,
         slots: &ExportSlots,
-    ) -> bool {
+    ) -> Applied {
         let frame = &a.frame;
         let i = self.slot_for(frame.device_id, now_ms, cfg.max_devices_per_shard, slots);
         // Frames that can allocate (readings, device info) are measured, so
@@ -225,7 +226,7 @@ impl Shard {
         cfg: &EngineConfig,
         slots: &ExportSlots,
         grow: bool,
-    ) -> bool {
+    ) -> Applied {
         let frame = &a.frame;
         let totals = &mut self.totals;
         let d = &mut self.devices[i as usize];
@@ -237,17 +238,18 @@ impl Shard {
             if !d.recent_records().observe(frame.timestamp_ms, kind_of(&frame.body)) {
                 totals.duplicates += 1;
                 d.seq.duplicates += 1;
-                return false;
+                return Applied::default();
             }
             d.seq.received += 1;
         } else if !Self::account(d, totals, frame) {
             // A copy carries nothing new: do not count its records twice.
-            return false;
+            return Applied::default();
         }
         // Sample time: the device clock when it has one, else arrival time.
         let base = if frame.timestamp_ms == 0 { now_ms } else { frame.timestamp_ms };
+        let fix_before = d.fix.map(|f| f.t_ms);
         Self::take_records(d, totals, frame, base, now_ms, cfg, grow);
-        true
+        Applied { new: true, fix: d.fix.map(|f| f.t_ms) != fix_before }
     }
 
     /// Sequence accounting of a frame; false for a duplicate.
@@ -300,12 +302,25 @@ impl Shard {
     }
 
     /// Periodic upkeep: releases the export slot of devices silent for
-    /// longer than the series TTL and counts online devices.
-    pub(crate) fn tick(&mut self, now_ms: u64, cfg: &EngineConfig, slots: &ExportSlots) {
+    /// longer than the series TTL, counts online devices and appends the
+    /// devices that went online or offline since the last tick to
+    /// `transitions` (id, now online).
+    pub(crate) fn tick(
+        &mut self,
+        now_ms: u64,
+        cfg: &EngineConfig,
+        slots: &ExportSlots,
+        transitions: &mut Vec<(u32, bool)>,
+    ) {
         let mut online = 0;
         for d in &mut self.devices {
-            if d.online(now_ms, cfg) {
+            let on = d.online(now_ms, cfg);
+            if on {
                 online += 1;
+            }
+            if on != d.was_online {
+                d.was_online = on;
+                transitions.push((d.id, on));
             }
             if d.exported && now_ms.saturating_sub(d.last_seen_ms) > cfg.series_ttl_ms {
                 d.exported = false;

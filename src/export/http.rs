@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,13 +18,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::{self, Tokens};
 use super::render::render_engine;
 use crate::clock::now_ms;
-use crate::engine::device::{Fix, Track};
-use crate::engine::{Device, Engine, EngineConfig, FilterReason, SEVERITIES};
+use crate::engine::{Device, Engine, FilterReason, SEVERITIES};
 use crate::forward::Forwarder;
 use crate::ingest::{DeviceRegistry, Pipeline, Transport};
+use crate::stream::StreamHub;
+use crate::stream::assets;
 use crate::telemetry::Registry;
+use crate::views::{Brief, position_json};
 
 /// What the handlers need.
 pub(crate) struct HttpState {
@@ -41,6 +45,12 @@ pub(crate) struct HttpState {
     pub(crate) started: Instant,
     /// Addresses the server listens on, for the landing page and /healthz.
     pub(crate) listening: Vec<(&'static str, String)>,
+    /// The live stream.
+    pub(crate) stream: Arc<StreamHub>,
+    /// Tokens, when the API is protected.
+    pub(crate) tokens: Option<Arc<Tokens>>,
+    /// A tile URL template for the map (`map_tiles_url`).
+    pub(crate) map_tiles_url: Option<String>,
 }
 
 /// Serves HTTP on `listener` until `stop` is cancelled (requests in
@@ -60,6 +70,7 @@ pub(crate) fn spawn(
 }
 
 fn router(state: Arc<HttpState>) -> Router {
+    let tokens = state.tokens.clone();
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
@@ -68,7 +79,42 @@ fn router(state: Arc<HttpState>) -> Router {
         .route("/api/devices", get(devices))
         .route("/api/devices/{id}", get(device))
         .route("/api/positions.geojson", get(geojson))
+        .route("/api/stream", get(stream_sse))
+        .route("/api/ws", get(stream_ws))
+        .route("/map", get(map_page))
+        .route("/map/", get(map_page))
+        .route("/map/{*path}", get(map_asset))
+        .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
         .with_state(state)
+}
+
+async fn stream_sse(
+    State(st): State<Arc<HttpState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    crate::stream::serve::sse(&st.stream, q.as_deref().unwrap_or(""), &headers)
+}
+
+async fn stream_ws(
+    State(st): State<Arc<HttpState>>,
+    RawQuery(q): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    crate::stream::serve::ws(&st.stream, q.as_deref().unwrap_or(""), upgrade)
+}
+
+async fn map_page(State(st): State<Arc<HttpState>>) -> Html<String> {
+    Html(assets::index_html(st.map_tiles_url.as_deref()))
+}
+
+async fn map_asset(Path(path): Path<String>) -> Response {
+    match assets::asset(&path) {
+        Some((bytes, content_type)) => {
+            ([(header::CONTENT_TYPE, content_type)], bytes).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such file"}))).into_response(),
+    }
 }
 
 /// Runs `f` on a blocking thread (walking the device table, rendering):
@@ -112,11 +158,13 @@ async fn index(State(st): State<Arc<HttpState>>) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><title>fleetwire</title></head><body>\
          <h1>fleetwire {}</h1><p>Real-time telemetry ingest for IoT fleets.</p>\
-         <ul><li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\
+         <ul><li><a href=\"/map\">/map</a> (live map)</li>\
+         <li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\
          <li><a href=\"/api/summary\">/api/summary</a> (fleet totals)</li>\
          <li><a href=\"/api/devices\">/api/devices</a> (devices; ?limit=&amp;offset=&amp;online=true)</li>\
          <li><code>/api/devices/{{id}}</code> (one device in full)</li>\
          <li><a href=\"/api/positions.geojson\">/api/positions.geojson</a> (last positions)</li>\
+         <li><code>/api/stream</code> (Server-Sent Events), <code>/api/ws</code> (WebSocket): the live stream</li>\
          <li><a href=\"/healthz\">/healthz</a></li></ul><h2>Listening</h2><ul>{listening}</ul></body></html>",
         env!("CARGO_PKG_VERSION")
     ))
@@ -181,81 +229,6 @@ struct ListQuery {
     limit: Option<usize>,
     offset: Option<usize>,
     online: Option<bool>,
-}
-
-fn position_json(fix: Option<Fix>) -> Value {
-    match fix {
-        None => Value::Null,
-        Some(f) => json!({
-            "latitude": f.lat(), "longitude": f.lon(), "altitude_m": f64::from(f.alt_dm) / 10.0,
-            "speed_m_s": f64::from(f.speed_cm_s) / 100.0, "heading_deg": f64::from(f.heading_ddeg) / 10.0,
-            "hacc_m": (f.hacc_cm > 0).then(|| f64::from(f.hacc_cm) / 100.0),
-            "fix": fleetwire_proto::FixType::from_u8(f.fix).map(|x| x.as_str()),
-            "satellites": f.satellites, "time_ms": f.t_ms,
-        }),
-    }
-}
-
-/// A device's key fields, copied under its shard's lock.
-#[derive(Debug, Clone, Copy)]
-struct Brief {
-    id: u32,
-    online: bool,
-    last_seen_ms: u64,
-    fix: Option<Fix>,
-    track: Track,
-    battery_pct: Option<u8>,
-    received: u64,
-    lost: u64,
-    duplicates: u64,
-    reordered: u64,
-}
-
-impl Brief {
-    fn of(d: &Device, now_ms: u64, cfg: &EngineConfig) -> Self {
-        Brief {
-            id: d.id,
-            online: d.online(now_ms, cfg),
-            last_seen_ms: d.last_seen_ms,
-            fix: d.fix,
-            track: d.track,
-            battery_pct: d.health.battery_pct,
-            received: d.seq.received,
-            lost: d.seq.lost(),
-            duplicates: d.seq.duplicates,
-            reordered: d.seq.reordered,
-        }
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "online": self.online,
-            "last_seen_ms": self.last_seen_ms,
-            "position": position_json(self.fix),
-            "moving": self.track.moving,
-            "odometer_m": self.track.odometer_m,
-            "battery_pct": self.battery_pct,
-            "received": self.received,
-            "lost": self.lost,
-            "duplicates": self.duplicates,
-            "reordered": self.reordered,
-        })
-    }
-
-    fn feature(&self) -> Option<Value> {
-        let f = self.fix?;
-        Some(json!({
-            "type": "Feature",
-            "id": self.id,
-            "geometry": {"type": "Point", "coordinates": [f.lon(), f.lat(), f64::from(f.alt_dm) / 10.0]},
-            "properties": {
-                "device": self.id, "online": self.online, "moving": self.track.moving,
-                "speed_m_s": f64::from(f.speed_cm_s) / 100.0, "heading_deg": f64::from(f.heading_ddeg) / 10.0,
-                "odometer_m": self.track.odometer_m, "time_ms": f.t_ms,
-            },
-        }))
-    }
 }
 
 /// Most devices per `/api/devices` page.
@@ -444,7 +417,7 @@ mod tests {
             Policy::new(&policy, Default::default(), None),
         );
         Arc::new(HttpState {
-            engine,
+            engine: engine.clone(),
             registry: Registry::new(),
             pipeline: Arc::new(pipeline),
             devices: Arc::new(
@@ -458,6 +431,9 @@ mod tests {
             forwarder: None,
             started: Instant::now(),
             listening: Vec::new(),
+            stream: crate::stream::StreamHub::new(cfg.stream(), engine.clone(), &Registry::new()),
+            tokens: None,
+            map_tiles_url: None,
         })
     }
 

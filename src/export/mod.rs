@@ -2,5 +2,6 @@
 //! the Prometheus rendering of engine state ([`render`]); every other
 //! series comes from the components through the telemetry registry.
 
+pub(crate) mod auth;
 pub(crate) mod http;
 pub(crate) mod render;

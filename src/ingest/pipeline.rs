@@ -49,6 +49,7 @@ pub(crate) struct NewRecords<'a> {
     pub(crate) now_ms: u64,
     batch: &'a [Accepted<'a>],
     applied: u64,
+    fixes: u64,
     /// When the sender waits for its records to be stored downstream.
     pub(crate) confirm: Option<&'a Arc<Confirm>>,
 }
@@ -62,6 +63,17 @@ impl<'a> NewRecords<'a> {
             .enumerate()
             .filter(move |(i, _)| applied & (1 << i) != 0)
             .map(|(_, a)| &a.frame)
+    }
+
+    /// The new frames with whether one of their positions became the
+    /// device's fix (the plausibility filter took it).
+    pub(crate) fn frames_with_fix(&self) -> impl Iterator<Item = (&'a Frame<'a>, bool)> + '_ {
+        let (applied, fixes) = (self.applied, self.fixes);
+        self.batch
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| applied & (1 << i) != 0)
+            .map(move |(i, a)| (&a.frame, fixes & (1 << i) != 0))
     }
 
     /// Every frame of the batch, copies included: what a sink that
@@ -260,6 +272,7 @@ impl Pipeline {
                 now_ms,
                 batch: &batch,
                 applied: done.applied,
+                fixes: done.fixes,
                 confirm: None,
             };
             if !new.is_empty() {
@@ -379,6 +392,7 @@ impl Admitted<'_> {
                 now_ms: self.now_ms,
                 batch: &batch,
                 applied: done.applied,
+                fixes: done.fixes,
                 confirm,
             };
             if !records.is_empty() || confirm.is_some() {
