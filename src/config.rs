@@ -297,23 +297,7 @@ impl Config {
         if self.offline_after_max < self.offline_after {
             return inv("offline_after_max", "must be at least offline_after");
         }
-        if self.stream_max_clients > 100_000 {
-            return inv("stream_max_clients", "must be at most 100000");
-        }
-        if self.stream_keepalive < Duration::from_secs(1)
-            || self.stream_keepalive > Duration::from_secs(3600)
-        {
-            return inv("stream_keepalive", "must be 1s to 1h");
-        }
-        if self.stream_replay > 1_000_000 {
-            return inv("stream_replay", "must be at most 1000000");
-        }
-        if self.stream_client_queue < 16 || self.stream_client_queue > 65_536 {
-            return inv("stream_client_queue", "must be 16 to 65536");
-        }
-        if self.metrics_auth && self.http_tokens_file.as_os_str().is_empty() {
-            return inv("metrics_auth", "needs http_tokens_file");
-        }
+        self.validate_http()?;
         if self.teltonika_ack == TeltonikaAck::Published && !self.forward.nats.enabled() {
             return inv(
                 "teltonika_ack",
@@ -387,6 +371,29 @@ impl Config {
         }
         if let Err((key, reason)) = self.forward.nats.validate() {
             return inv(key, reason);
+        }
+        Ok(())
+    }
+
+    /// The HTTP, stream and map settings.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let inv = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        if self.stream_max_clients > 100_000 {
+            return inv("stream_max_clients", "must be at most 100000");
+        }
+        if self.stream_keepalive < Duration::from_secs(1)
+            || self.stream_keepalive > Duration::from_secs(3600)
+        {
+            return inv("stream_keepalive", "must be 1s to 1h");
+        }
+        if self.stream_replay > 1_000_000 {
+            return inv("stream_replay", "must be at most 1000000");
+        }
+        if self.stream_client_queue < 16 || self.stream_client_queue > 65_536 {
+            return inv("stream_client_queue", "must be 16 to 65536");
+        }
+        if self.metrics_auth && self.http_tokens_file.as_os_str().is_empty() {
+            return inv("metrics_auth", "needs http_tokens_file");
         }
         Ok(())
     }
