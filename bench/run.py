@@ -13,7 +13,10 @@ Measures, in one run, on loopback, with the project's own binaries:
   5. resident memory per tracked device with 1,000,000 devices, and the
      resident memory after 10,000,000 distinct device ids with the default
      max_devices (1,000,000);
-  6. decode and encode nanoseconds per frame (cargo bench).
+  6. decode and encode nanoseconds per frame (cargo bench);
+  7. Teltonika packets against native frames: records/s and CPU per record;
+  8. the live stream: delay to a client, cost of clients to the receive path,
+     memory of stuck clients.
 Writes bench/results.json and bench/last-run.md.
 """
 import argparse
@@ -78,12 +81,14 @@ def run_json(args, **kw):
 class Serve:
     """A `fleetwire serve` process on loopback."""
 
-    def __init__(self, *extra, quic=False, snapshot=False, pin=True):
+    def __init__(self, *extra, quic=False, snapshot=False, pin=True, teltonika=False):
         self.dir = tempfile.mkdtemp(prefix="fw-bench-")
         self.http = free_port(socket.SOCK_STREAM)
         self.udp = free_port()
+        self.teltonika = free_port() if teltonika else None
+        tl = f"127.0.0.1:{self.teltonika}" if teltonika else "off"
         args = [BIN, "serve", "--udp-listen", f"127.0.0.1:{self.udp}", "--http-listen", f"127.0.0.1:{self.http}",
-                "--teltonika-listen", "off", "--osmand-listen", "off", "--data-dir", self.dir]
+                "--teltonika-listen", tl, "--osmand-listen", "off", "--data-dir", self.dir]
         # Snapshots on (every 5 s) where memory is measured: writing one must
         # fit in the bound too.
         args += ["--snapshot", "true", "--snapshot-interval", "5s"] if snapshot else ["--snapshot", "false"]
@@ -125,6 +130,30 @@ class Serve:
 
     def cpu(self):
         return proc_cpu(self.p.pid)
+
+    def thread_cpu(self, name):
+        """CPU seconds of the server's threads called `name` (e.g. udp-rx-0)."""
+        total = 0.0
+        for tid in os.listdir(f"/proc/{self.p.pid}/task"):
+            try:
+                with open(f"/proc/{self.p.pid}/task/{tid}/comm") as f:
+                    if f.read().strip() != name:
+                        continue
+                with open(f"/proc/{self.p.pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except OSError:
+                pass
+        return total
+
+    def metric(self, name):
+        for line in self.get("/metrics").splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def records(self):
+        return sum(self.summary()["records"].values())
 
     def rss(self):
         return proc_rss(self.p.pid)
@@ -381,6 +410,71 @@ def main():
     log(f"== 5c. memory: {ids_10m} distinct ids, each a Monitoring frame with 32 named readings")
     results["memory_10m_readings"] = flood_peak(["--readings", "32"], 120_000)
 
+    log("== 7. Teltonika packets vs native frames: the same simulated fleet, sent by sim as fast as it goes")
+    tel = {}
+    for proto in ["native", "teltonika"]:
+        srv = Serve(teltonika=True)
+        try:
+            cpu0, rec0 = srv.cpu(), srv.records()
+            port = srv.teltonika if proto == "teltonika" else srv.udp
+            r = run_json(["sim", "--target", f"127.0.0.1:{port}", "--protocol", proto, "--devices", "1000",
+                          "--rate", "0", "--frames", "40" if a.quick else "200", "--json"], env=dict(os.environ))
+            srv.wait_idle("teltonika" if proto == "teltonika" else "udp")
+            records = srv.records() - rec0
+            cpu = srv.cpu() - cpu0
+            tel[proto] = {"sent": r["sent"], "records": records, "elapsed_s": r["elapsed_s"],
+                          "records_per_s": records / r["elapsed_s"], "cpu_us_per_record": cpu / max(records, 1) * 1e6,
+                          "acks": srv.metric("fleetwire_teltonika_acks_total")}
+        finally:
+            srv.stop()
+        log(f"   {proto}: {tel[proto]['records_per_s']:.0f} records/s, {tel[proto]['cpu_us_per_record']:.2f} CPU-us per record")
+    results["teltonika"] = tel
+
+    log("== 8. live stream: delay from sendmmsg to a stream client, and what clients cost the receive path")
+    stream = []
+    rates = [10_000] if a.quick else [10_000, 100_000]
+    for rate in rates:
+        for clients, stuck in [(0, 0), (1, 0), (90, 10)]:
+            srv = Serve(pin=False)
+            try:
+                cpu0, rx0 = srv.cpu(), srv.thread_cpu("udp-rx-0")
+                r = run_json(["bench", "latency", "--udp", f"127.0.0.1:{srv.udp}", "--http", f"127.0.0.1:{srv.http}",
+                              "--rate", str(rate), "--seconds", "4" if a.quick else "10", "--clients", str(clients),
+                              "--stuck", str(stuck)])
+                received = srv.wait_idle()
+                t = dict(r, rate=rate, clients=clients, stuck=stuck, received=received,
+                         kernel_drops=srv.kernel_drops(),
+                         rx_cpu_us_per_datagram=(srv.thread_cpu("udp-rx-0") - rx0) / max(received, 1) * 1e6,
+                         cpu_us_per_datagram=(srv.cpu() - cpu0) / max(received, 1) * 1e6,
+                         stream_dropped=srv.metric("fleetwire_stream_dropped_total"))
+            finally:
+                srv.stop()
+            stream.append(t)
+            log(f"   {rate}/s, {clients} reading + {stuck} stuck: p50 {t['p50_ms']} ms p99 {t['p99_ms']} ms max {t['max_ms']} ms, "
+                f"kernel drops {t['kernel_drops']}, receive thread {t['rx_cpu_us_per_datagram']:.2f} CPU-us/datagram")
+    results["stream"] = stream
+    srv = Serve(pin=False)
+    try:
+        rss0 = srv.rss()
+        peak = [rss0]
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                peak[0] = max(peak[0], srv.rss())
+                time.sleep(0.2)
+        w = threading.Thread(target=watch, daemon=True)
+        w.start()
+        r = run_json(["bench", "latency", "--udp", f"127.0.0.1:{srv.udp}", "--http", f"127.0.0.1:{srv.http}",
+                      "--rate", "10000", "--seconds", "5" if a.quick else "20", "--clients", "0", "--stuck", "999"])
+        done.set()
+        w.join()
+        results["stream_stuck"] = {"stuck": 999, "rss_before": rss0, "rss_peak": peak[0], "kernel_drops": srv.kernel_drops(),
+                                   "sent": r["sent"]}
+        log(f"   999 stuck clients: resident memory {rss0 / 2**20:.0f} -> peak {peak[0] / 2**20:.0f} MiB")
+    finally:
+        srv.stop()
+
     log("== 6. codec micro-benchmark")
     out = subprocess.run(["cargo", "bench", "-q", "-p", "fleetwire-proto", "--bench", "codec"], cwd=ROOT,
                          capture_output=True, text=True)
@@ -452,6 +546,30 @@ def render(r):
         L.append(f"| bare sink | {t['send_rate']:,.0f} | {t['sent']:,} | {t['received']:,} | {t['kernel_drops']:,} | {t['cpu_per_million']:.2f} |")
     for t in r["serve_trials"]:
         L.append(f"| serve | {t['send_rate']:,.0f} | {t['sent']:,} | {t['received']:,} | {t['kernel_drops']:,} | {t['cpu_per_million']:.2f} |")
+    tel = r.get("teltonika")
+    if tel:
+        L.append("")
+        L.append("Teltonika packets (one record each) against native frames, the same simulated fleet sent by `sim` as fast as it goes:")
+        L.append("")
+        L.append("| protocol | datagrams sent | records | records/s | CPU-us per record |")
+        L.append("|---|---:|---:|---:|---:|")
+        for k, t in tel.items():
+            L.append(f"| {k} | {t['sent']:,} | {t['records']:,} | {t['records_per_s']:,.0f} | {t['cpu_us_per_record']:.2f} |")
+    st = r.get("stream")
+    if st:
+        L.append("")
+        L.append("Live stream: delay from the sender's sendmmsg to the first SSE client reading the update (1 ms resolution), and the receive thread's CPU:")
+        L.append("")
+        L.append("| datagrams/s | clients reading | stuck | p50 ms | p99 ms | max ms | kernel drops | receive thread CPU-us/datagram | server CPU-us/datagram | stream dropped |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for t in st:
+            L.append(f"| {t['rate']:,} | {t['clients']} | {t['stuck']} | {t['p50_ms'] if t['clients'] else '-'} | {t['p99_ms'] if t['clients'] else '-'} | "
+                     f"{t['max_ms'] if t['clients'] else '-'} | {t['kernel_drops']} | {t['rx_cpu_us_per_datagram']:.2f} | {t['cpu_us_per_datagram']:.2f} | {t['stream_dropped']:.0f} |")
+        s = r.get("stream_stuck")
+        if s:
+            L.append("")
+            L.append(f"{s['stuck']} stuck stream clients (connected, never reading) during 10,000 datagrams/s: resident memory "
+                     f"{s['rss_before'] / 2**20:.0f} MiB before, {s['rss_peak'] / 2**20:.0f} MiB at the peak; kernel drops {s['kernel_drops']}.")
     L.append("")
     L.append("Codec (cargo bench -p fleetwire-proto --bench codec):")
     L.append("")

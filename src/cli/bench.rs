@@ -22,6 +22,8 @@ use crate::transport::udp::{SLOT, bind_for, inode, kernel_drops};
 /// Benchmark tools.
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
+    /// The live stream's delay from sendmmsg to a stream client (JSON).
+    Latency(super::latency::LatencyArgs),
     /// Count datagrams with recvmmsg and nothing else; print JSON when idle.
     Sink {
         /// Address to listen on.
@@ -91,6 +93,7 @@ fn id_for(i: u64, seed: u32) -> u32 {
 /// Runs a bench command.
 pub(crate) fn main(c: BenchCommand) -> ExitCode {
     match c {
+        BenchCommand::Latency(a) => super::latency::main(a),
         BenchCommand::Sink { listen, recv_buffer, batch, idle, max_seconds } => {
             sink(listen, recv_buffer, batch, idle, max_seconds)
         }

@@ -13,6 +13,7 @@ use crate::transport::quic::ClientAuth;
 
 mod bench;
 mod common;
+mod latency;
 mod send;
 mod sim;
 mod tail;
