@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::geo;
 use super::readings::ReadingSeries;
 use super::sequence::SeqTracker;
+use super::timing::Clock;
 use super::{EngineConfig, FilterReason, RecordKind, ShardTotals};
 
 /// The last accepted GNSS fix.
@@ -224,6 +225,16 @@ impl RecentRecords {
     }
 }
 
+/// What the plausibility filter found for a fix it lets through.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Checked {
+    /// A fix after the last one (the distance from it, when known).
+    After(Option<f64>),
+    /// Earlier than the last fix, whose time was ahead of the server clock:
+    /// the device's clock went back.
+    ClockReset,
+}
+
 impl Device {
     /// A device seen for the first time at `now_ms`.
     pub(crate) fn new(id: u32, now_ms: u64) -> Self {
@@ -322,48 +333,59 @@ impl Device {
         &mut self,
         p: &Position,
         t_ms: u64,
-        now_ms: u64,
+        clock: Clock,
         cfg: &EngineConfig,
         totals: &mut ShardTotals,
     ) {
         self.counts.positions = self.counts.positions.saturating_add(1);
         totals.records.count(RecordKind::Position);
-        match self.check_position(p, t_ms, now_ms, cfg) {
+        match self.check_position(p, t_ms, clock, cfg) {
             Err(reason) => {
                 self.counts.filtered = self.counts.filtered.saturating_add(1);
                 totals.filtered[reason as usize] += 1;
             }
-            Ok(d_last) => self.accept_fix(p, t_ms, d_last, cfg),
+            Ok(Checked::ClockReset) => {
+                // The last fix's time came from a clock that has since gone
+                // back: it orders nothing any more. The track goes on from
+                // the odometer anchor, without a speed between the two.
+                totals.clock_resets.count(RecordKind::Position);
+                self.fix = None;
+                self.track.anchor_moved_ms = self.track.anchor_moved_ms.min(t_ms);
+                self.accept_fix(p, t_ms, None, cfg);
+            }
+            Ok(Checked::After(d_last)) => self.accept_fix(p, t_ms, d_last, cfg),
         }
     }
 
     /// The plausibility filter. Every refusal is kept out of the odometer
     /// and the last position. On success, the distance from the last
-    /// accepted fix (if any), for the track to reuse.
+    /// accepted fix (if any), for the track to reuse. (Sample times are
+    /// never beyond `max_future` here: such frames are taken at the
+    /// server's clock.)
     fn check_position(
         &mut self,
         p: &Position,
         t_ms: u64,
-        now_ms: u64,
+        clock: Clock,
         cfg: &EngineConfig,
-    ) -> Result<Option<f64>, FilterReason> {
+    ) -> Result<Checked, FilterReason> {
         if p.fix == FixType::NoFix {
             return Err(FilterReason::NoFix);
         }
         if p.lat_e7 == 0 && p.lon_e7 == 0 {
             return Err(FilterReason::NullIsland);
         }
-        if t_ms > now_ms.saturating_add(cfg.max_future_ms) {
-            return Err(FilterReason::FutureTimestamp);
-        }
-        if t_ms < now_ms.saturating_sub(cfg.max_age_ms) {
+        if t_ms < clock.now_ms.saturating_sub(cfg.max_age_ms) {
             return Err(FilterReason::StaleTimestamp);
         }
         if cfg.max_hacc_cm > 0 && p.hacc_cm > cfg.max_hacc_cm {
             return Err(FilterReason::LowAccuracy);
         }
-        let Some(last) = self.fix else { return Ok(None) };
+        let Some(last) = self.fix else { return Ok(Checked::After(None)) };
         if t_ms <= last.t_ms {
+            if clock.resets(last.t_ms, t_ms) {
+                return Ok(Checked::ClockReset);
+            }
             return Err(FilterReason::OutOfOrder);
         }
         let d = geo::distance_m(last.lat(), last.lon(), p.lat_deg(), p.lon_deg());
@@ -381,9 +403,9 @@ impl Device {
             // without adding the jump to the odometer.
             self.track.anchor = None;
             self.fix = None;
-            return Ok(None);
+            return Ok(Checked::After(None));
         }
-        Ok(Some(d))
+        Ok(Checked::After(Some(d)))
     }
 
     fn accept_fix(&mut self, p: &Position, t_ms: u64, d_last: Option<f64>, cfg: &EngineConfig) {
@@ -437,13 +459,15 @@ impl Device {
         &mut self,
         m: &Monitoring<'_>,
         t_ms: u64,
+        clock: Clock,
         grow: bool,
         cfg: &EngineConfig,
         totals: &mut ShardTotals,
     ) {
         self.counts.monitoring = self.counts.monitoring.saturating_add(1);
         totals.records.count(RecordKind::Monitoring);
-        if t_ms >= self.health.t_ms {
+        let mut reset = clock.resets(self.health.t_ms, t_ms);
+        if t_ms >= self.health.t_ms || reset {
             let h = &mut self.health;
             h.t_ms = t_ms;
             h.battery_pct = m.battery_pct.or(h.battery_pct);
@@ -452,16 +476,34 @@ impl Device {
             h.rssi_dbm = m.rssi_dbm.or(h.rssi_dbm);
             h.uptime_s = m.uptime_s.or(h.uptime_s);
         }
+        reset |= self.take_readings(m, t_ms, clock, grow, cfg, totals);
+        if reset {
+            totals.clock_resets.count(RecordKind::Monitoring);
+        }
+    }
+
+    /// The named readings of a Monitoring record; true when a series gave
+    /// up samples dated ahead of the server clock (see [`Clock::resets`]).
+    fn take_readings(
+        &mut self,
+        m: &Monitoring<'_>,
+        t_ms: u64,
+        clock: Clock,
+        grow: bool,
+        cfg: &EngineConfig,
+        totals: &mut ShardTotals,
+    ) -> bool {
         if m.readings.is_empty() {
-            return;
+            return false;
         }
         if self.readings.is_none() && !grow {
             // At the budget, a device without readings gets none.
             let n = m.readings.len() as u32;
             self.counts.readings_dropped = self.counts.readings_dropped.saturating_add(n);
             totals.readings_dropped += u64::from(n);
-            return;
+            return false;
         }
+        let mut reset = false;
         let series = self.readings.get_or_insert_with(Default::default);
         for r in m.readings.iter() {
             let idx = match series.iter().position(|s| &*s.name == r.name) {
@@ -476,16 +518,34 @@ impl Device {
                     continue;
                 }
             };
-            series[idx].push(t_ms, r.value, cfg.reading_window_ms, cfg.reading_samples, grow);
+            reset |= series[idx].push(
+                t_ms,
+                r.value,
+                clock,
+                cfg.reading_window_ms,
+                cfg.reading_samples,
+                grow,
+            );
         }
+        reset
     }
 
     /// Applies an Event record taken at `t_ms`.
-    pub(super) fn on_event(&mut self, e: &Event<'_>, t_ms: u64, totals: &mut ShardTotals) {
+    pub(super) fn on_event(
+        &mut self,
+        e: &Event<'_>,
+        t_ms: u64,
+        clock: Clock,
+        totals: &mut ShardTotals,
+    ) {
         self.counts.events = self.counts.events.saturating_add(1);
         totals.records.count(RecordKind::Event);
         totals.events[e.severity as usize] += 1;
-        if self.last_event.is_none_or(|l| t_ms >= l.t_ms) {
+        let reset = self.last_event.is_some_and(|l| clock.resets(l.t_ms, t_ms));
+        if reset {
+            totals.clock_resets.count(RecordKind::Event);
+        }
+        if reset || self.last_event.is_none_or(|l| t_ms >= l.t_ms) {
             self.last_event = Some(LastEvent { code: e.code, severity: e.severity as u8, t_ms });
         }
     }

@@ -19,6 +19,7 @@ pub(crate) mod probe;
 pub(crate) mod readings;
 pub(crate) mod sequence;
 pub(crate) mod shard;
+pub(crate) mod timing;
 pub(crate) mod totals;
 
 use fleetwire_proto::Frame;

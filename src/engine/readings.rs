@@ -9,6 +9,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::timing::Clock;
+
 /// What an allocation of `n` bytes costs in memory: glibc's malloc rounds
 /// a request up to a multiple of 16 bytes with an 8-byte header (32 bytes
 /// at least). Counting this keeps the reading budget close to resident
@@ -61,7 +63,23 @@ impl ReadingSeries {
     /// Adds a sample, dropping the oldest beyond `cap` and those older than
     /// the window before the newest sample. With `grow` false the series
     /// keeps its allocation: when it is full, the oldest sample makes room.
-    pub(crate) fn push(&mut self, t_ms: u64, value: f64, window_ms: u64, cap: usize, grow: bool) {
+    /// When the device's clock went back (see [`Clock::resets`]), the
+    /// samples dated ahead of the server clock go first, and the window
+    /// ends at the new sample; says whether that happened.
+    pub(crate) fn push(
+        &mut self,
+        t_ms: u64,
+        value: f64,
+        clock: Clock,
+        window_ms: u64,
+        cap: usize,
+        grow: bool,
+    ) -> bool {
+        let reset = clock.resets(self.newest_ms, t_ms);
+        if reset {
+            self.samples.retain(|(t, _)| !clock.ahead(*t) && !clock.too_far_ahead(*t));
+            self.newest_ms = self.samples.iter().map(|(t, _)| *t).max().unwrap_or(0);
+        }
         self.newest_ms = self.newest_ms.max(t_ms);
         let horizon = self.newest_ms.saturating_sub(window_ms);
         while self.samples.front().is_some_and(|(t, _)| *t < horizon) {
@@ -73,6 +91,7 @@ impl ReadingSeries {
             self.samples.pop_front();
         }
         self.samples.push_back((t_ms, value));
+        reset
     }
 
     /// The newest sample's value (by sample time), if any.
@@ -138,12 +157,14 @@ impl ReadingSeries {
 mod tests {
     use super::*;
 
+    const NOW: Clock = Clock { now_ms: 1_764_000_000_000, max_future_ms: 300_000 };
+
     #[test]
     fn window_statistics() {
         let mut r = ReadingSeries::new("t");
         let mut s = Vec::new();
         for i in 1..=100u64 {
-            r.push(i * 1000, i as f64, 1_000_000, 1000, true);
+            r.push(i * 1000, i as f64, NOW, 1_000_000, 1000, true);
         }
         let st = r.stats(1_000_000, &mut s).unwrap();
         assert_eq!((st.count, st.min, st.max, st.mean), (100, 1.0, 100.0, 50.5));
@@ -158,11 +179,11 @@ mod tests {
     fn cap_and_expiry_bound_memory() {
         let mut r = ReadingSeries::new("t");
         for i in 0..10_000u64 {
-            r.push(i, 1.0, 1_000_000, 64, true);
+            r.push(i, 1.0, NOW, 1_000_000, 64, true);
         }
         assert_eq!(r.len(), 64);
         // Old samples leave as newer ones arrive.
-        r.push(10_000_000, 2.0, 60_000, 64, true);
+        r.push(10_000_000, 2.0, NOW, 60_000, 64, true);
         assert_eq!(r.len(), 1);
         let st = r.stats(60_000, &mut Vec::new()).unwrap();
         assert_eq!((st.count, st.last, st.mean), (1, 2.0, 2.0));
@@ -174,7 +195,7 @@ mod tests {
         // Samples stamped a day in the past (a backlog, or a skewed clock).
         let day_ago = 1_764_000_000_000u64 - 86_400_000;
         for i in 0..10u64 {
-            r.push(day_ago + i * 1000, i as f64, 60_000, 128, true);
+            r.push(day_ago + i * 1000, i as f64, NOW, 60_000, 128, true);
         }
         let st = r.stats(60_000, &mut Vec::new()).unwrap();
         assert_eq!((st.count, st.min, st.max), (10, 0.0, 9.0));

@@ -8,6 +8,7 @@ use hashbrown::HashMap;
 
 use super::device::Device;
 use super::sequence::SeqOutcome;
+use super::timing::Clock;
 use super::{Accepted, Applied, Dedup, EngineConfig, RecordKind, ShardTotals};
 
 /// The kind a frame's body counts as (a batch by its first kind: a frame
@@ -233,7 +234,13 @@ impl Shard {
         if !d.exported && slots.take() {
             d.exported = true;
         }
-        d.on_arrival(now_ms, frame.timestamp_ms, a.bytes);
+        // A device clock beyond max_future is no clock: the frame is taken
+        // at the arrival time, like one without a timestamp (so one frame
+        // dated 2100 cannot hold the device's state in the future).
+        let clock = Clock { now_ms, max_future_ms: cfg.max_future_ms };
+        let future = clock.too_far_ahead(frame.timestamp_ms);
+        let device_ts = if future { 0 } else { frame.timestamp_ms };
+        d.on_arrival(now_ms, device_ts, a.bytes);
         if a.dedup == Dedup::RecordTime {
             if !d.recent_records().observe(frame.timestamp_ms, kind_of(&frame.body)) {
                 totals.duplicates += 1;
@@ -245,11 +252,30 @@ impl Shard {
             // A copy carries nothing new: do not count its records twice.
             return Applied::default();
         }
+        if future {
+            Self::count_future(totals, &frame.body);
+        }
         // Sample time: the device clock when it has one, else arrival time.
-        let base = if frame.timestamp_ms == 0 { now_ms } else { frame.timestamp_ms };
+        let base = if device_ts == 0 { now_ms } else { device_ts };
         let fix_before = d.fix.map(|f| f.t_ms);
-        Self::take_records(d, totals, frame, base, now_ms, cfg, grow);
+        Self::take_records(d, totals, frame, base, clock, cfg, grow);
         Applied { new: true, fix: d.fix.map(|f| f.t_ms) != fix_before }
+    }
+
+    /// Counts the records of a frame dated beyond `max_future`.
+    fn count_future(totals: &mut ShardTotals, body: &Body<'_>) {
+        match body {
+            Body::Batch(b) => {
+                for s in b.samples.iter() {
+                    totals.future.count(match s.record {
+                        Record::Position(_) => RecordKind::Position,
+                        Record::Monitoring(_) => RecordKind::Monitoring,
+                        Record::Event(_) => RecordKind::Event,
+                    });
+                }
+            }
+            body => totals.future.count(kind_of(body)),
+        }
     }
 
     /// Sequence accounting of a frame; false for a duplicate.
@@ -278,23 +304,23 @@ impl Shard {
         totals: &mut ShardTotals,
         frame: &Frame<'_>,
         base: u64,
-        now_ms: u64,
+        clock: Clock,
         cfg: &EngineConfig,
         grow: bool,
     ) {
         match &frame.body {
-            Body::Position(p) => d.on_position(p, base, now_ms, cfg, totals),
-            Body::Monitoring(m) => d.on_monitoring(m, base, grow, cfg, totals),
-            Body::Event(e) => d.on_event(e, base, totals),
+            Body::Position(p) => d.on_position(p, base, clock, cfg, totals),
+            Body::Monitoring(m) => d.on_monitoring(m, base, clock, grow, cfg, totals),
+            Body::Event(e) => d.on_event(e, base, clock, totals),
             Body::Hello(h) => d.on_hello(h, grow, totals),
             Body::Batch(b) => {
                 totals.batches += 1;
                 for s in b.samples.iter() {
                     let t = base.saturating_sub(u64::from(s.offset_ms));
                     match &s.record {
-                        Record::Position(p) => d.on_position(p, t, now_ms, cfg, totals),
-                        Record::Monitoring(m) => d.on_monitoring(m, t, grow, cfg, totals),
-                        Record::Event(e) => d.on_event(e, t, totals),
+                        Record::Position(p) => d.on_position(p, t, clock, cfg, totals),
+                        Record::Monitoring(m) => d.on_monitoring(m, t, clock, grow, cfg, totals),
+                        Record::Event(e) => d.on_event(e, t, clock, totals),
                     }
                 }
             }

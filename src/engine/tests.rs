@@ -91,7 +91,8 @@ fn gps_jump_is_filtered_and_track_recovers() {
     send(&e, t(4), Frame::new(2, 4, t(4), Body::Position(pos(0.0, 0.0))));
     let nofix = Position { fix: FixType::NoFix, ..pos(10.0, 10.0) };
     send(&e, t(5), Frame::new(2, 5, t(5), Body::Position(nofix)));
-    // A fix from the future and one older than the last accepted.
+    // A fix from the future is taken at the server's clock; one older than
+    // the last accepted is out of order.
     send(&e, t(6), Frame::new(2, 6, t(6) + 3_600_000, Body::Position(pos(48.0003, 11.0))));
     send(&e, t(7), Frame::new(2, 7, t(2), Body::Position(pos(48.0003, 11.0))));
     let s = e.summary().totals;
@@ -99,13 +100,15 @@ fn gps_jump_is_filtered_and_track_recovers() {
     assert_eq!(f(FilterReason::ImplausibleSpeed), 1);
     assert_eq!(f(FilterReason::NullIsland), 1);
     assert_eq!(f(FilterReason::NoFix), 1);
-    assert_eq!(f(FilterReason::FutureTimestamp), 1);
+    assert_eq!(f(FilterReason::FutureTimestamp), 0);
+    assert_eq!(s.future.get(RecordKind::Position), 1);
     assert_eq!(f(FilterReason::OutOfOrder), 1);
     e.with_device(2, |d| {
         let added = d.track.odometer_m - before;
         assert!(added < 30.0, "jump leaked into the odometer: {added} m");
-        assert_eq!(d.fix.unwrap().lat_e7, 480_002_000);
-        assert_eq!(d.counts.filtered, 5);
+        assert_eq!(d.fix.unwrap().lat_e7, 480_003_000);
+        assert_eq!(d.fix.unwrap().t_ms, t(6));
+        assert_eq!(d.counts.filtered, 4);
     })
     .unwrap();
     // A device that really moved (the old fix was wrong) is re-anchored
@@ -361,4 +364,235 @@ fn extreme_device_clocks_do_not_overflow() {
         assert!(d.latency_ms.is_some_and(f64::is_finite));
     })
     .unwrap();
+}
+
+/// 2100-01-01T00:00:00Z: a device clock far beyond `max_future`.
+const Y2100: u64 = 4_102_444_800_000;
+
+fn monitoring<'a>(battery: u8, readings: &'a [Reading<'a>]) -> Body<'a> {
+    Body::Monitoring(Monitoring {
+        battery_pct: Some(battery),
+        readings: Seq::from_slice(readings),
+        ..Monitoring::EMPTY
+    })
+}
+
+fn event(code: u16) -> Body<'static> {
+    Body::Event(Event { code, severity: Severity::Warning, text: None })
+}
+
+/// The statistics of reading `name` of device `id`, as the API shows them.
+fn stats(e: &Engine, id: u32, name: &str) -> readings::WindowStats {
+    let window = e.config().reading_window_ms;
+    e.with_device(id, |d| {
+        let r = d.readings.as_ref().unwrap().iter().find(|r| &*r.name == name).unwrap();
+        r.stats(window, &mut Vec::new()).unwrap()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_frame_dated_2100_is_taken_at_the_server_clock_and_poisons_nothing() {
+    let e = engine(EngineConfig::default());
+    let t = |i: u64| T0 + i * 1000;
+    let temp = |v: f64| [Reading { name: "temp", value: v }];
+    send(&e, t(0), Frame::new(10, 0, Y2100, monitoring(5, &temp(99.0))));
+    send(&e, t(0), Frame::new(10, 1, Y2100, event(7)));
+    send(&e, t(0), Frame::new(10, 2, Y2100, Body::Position(pos(48.0, 11.0))));
+    e.with_device(10, |d| {
+        assert_eq!((d.health.t_ms, d.health.battery_pct), (t(0), Some(5)));
+        assert_eq!(d.last_event.map(|l| (l.code, l.t_ms)), Some((7, t(0))));
+        assert_eq!(d.fix.map(|f| f.t_ms), Some(t(0)));
+        // No latency of 75 years either.
+        assert_eq!(d.latency_ms, None);
+    })
+    .unwrap();
+    // Honest frames after it are newer, as they are.
+    for i in 1..=20u64 {
+        let v = temp(20.0 + i as f64);
+        send(&e, t(i), Frame::new(10, 2 + i as u32, t(i), monitoring(80 - i as u8, &v)));
+    }
+    send(&e, t(21), Frame::new(10, 23, t(21), event(8)));
+    let step = 50.0 / geo::EARTH_RADIUS_M * 180.0 / std::f64::consts::PI;
+    send(&e, t(22), Frame::new(10, 24, t(22), Body::Position(pos(48.0 + step, 11.0))));
+    e.with_device(10, |d| {
+        assert_eq!(d.health.battery_pct, Some(60));
+        assert_eq!(d.last_event.map(|l| l.code), Some(8));
+        assert_eq!(d.fix.map(|f| f.t_ms), Some(t(22)));
+        assert!((d.track.odometer_m - 50.0).abs() < 0.5, "{}", d.track.odometer_m);
+    })
+    .unwrap();
+    let st = stats(&e, 10, "temp");
+    assert_eq!((st.count, st.last, st.max), (21, 40.0, 99.0));
+    let s = e.summary().totals;
+    assert_eq!(
+        [RecordKind::Position, RecordKind::Monitoring, RecordKind::Event].map(|k| s.future.get(k)),
+        [1, 1, 1]
+    );
+    assert_eq!(s.filtered.iter().sum::<u64>(), 0);
+    // A batch dated 2100: its samples are taken at their offsets before
+    // the arrival time, and each is counted.
+    let samples = [
+        Sample {
+            offset_ms: 2_000,
+            record: Record::Event(Event { code: 9, severity: Severity::Info, text: None }),
+        },
+        Sample { offset_ms: 0, record: Record::Position(pos(48.0 + 2.0 * step, 11.0)) },
+    ];
+    let b = Body::Batch(Batch { samples: Seq::from_slice(&samples) });
+    send(&e, t(30), Frame::new(10, 25, Y2100, b));
+    e.with_device(10, |d| {
+        assert_eq!(d.last_event.map(|l| (l.code, l.t_ms)), Some((9, t(28))));
+        assert_eq!(d.fix.map(|f| f.t_ms), Some(t(30)));
+    })
+    .unwrap();
+    let s = e.summary().totals;
+    assert_eq!((s.future.get(RecordKind::Position), s.future.get(RecordKind::Event)), (2, 2));
+}
+
+#[test]
+fn a_fix_dated_four_minutes_ahead_does_not_hold_the_track() {
+    let e = engine(EngineConfig::default());
+    let t = |i: u64| T0 + i * 1000;
+    let step = 50.0 / geo::EARTH_RADIUS_M * 180.0 / std::f64::consts::PI;
+    let at = |i: u64| Body::Position(pos(48.0 + step * i as f64, 11.0));
+    send(&e, t(0), Frame::new(11, 0, t(0), at(0)));
+    // Within max_future (5 minutes), so taken as dated...
+    send(&e, t(1), Frame::new(11, 1, t(1) + 240_000, at(1)));
+    // ...and the honest fixes after it are earlier: the clock went back.
+    for i in 2..=11u64 {
+        send(&e, t(i), Frame::new(11, i as u32, t(i), at(i)));
+    }
+    let s = e.summary().totals;
+    assert_eq!(s.filtered[FilterReason::OutOfOrder as usize], 0);
+    assert_eq!(s.clock_resets.get(RecordKind::Position), 1);
+    e.with_device(11, |d| {
+        assert_eq!(d.fix.map(|f| f.t_ms), Some(t(11)));
+        assert!((d.track.odometer_m - 550.0).abs() < 1.0, "{}", d.track.odometer_m);
+        assert!((d.track.derived_speed_m_s - 50.0).abs() < 0.5);
+    })
+    .unwrap();
+}
+
+#[test]
+fn backlog_and_reordering_are_still_out_of_order() {
+    // An honest device's backlog, and a device whose clock runs 2 minutes
+    // fast sending a frame late: neither resets anything.
+    let e = engine(EngineConfig::default());
+    let t = |i: u64| T0 + i * 1000;
+    send(&e, t(10), Frame::new(12, 0, t(10), Body::Position(pos(48.0, 11.0))));
+    send(&e, t(11), Frame::new(12, 1, t(11), monitoring(50, &[])));
+    send(&e, t(11), Frame::new(12, 2, t(11), event(1)));
+    let samples = [
+        Sample { offset_ms: 3_600_000, record: Record::Position(pos(48.1, 11.0)) },
+        Sample { offset_ms: 3_600_000, record: Record::Monitoring(Monitoring::EMPTY) },
+        Sample {
+            offset_ms: 3_600_000,
+            record: Record::Event(Event { code: 5, severity: Severity::Info, text: None }),
+        },
+    ];
+    let b = Body::Batch(Batch { samples: Seq::from_slice(&samples) });
+    send(&e, t(12), Frame::new(12, 3, t(12), b));
+    let fast = |i: u64| t(i) + 120_000;
+    send(&e, t(13), Frame::new(13, 0, fast(13), Body::Position(pos(48.0, 11.0))));
+    send(&e, t(14), Frame::new(13, 2, fast(14), monitoring(40, &[])));
+    send(&e, t(15), Frame::new(13, 1, fast(12), Body::Position(pos(48.0, 11.0))));
+    send(&e, t(15), Frame::new(13, 3, fast(12), monitoring(41, &[])));
+    let s = e.summary().totals;
+    assert_eq!(s.filtered[FilterReason::OutOfOrder as usize], 2);
+    assert_eq!(s.clock_resets.total(), 0);
+    e.with_device(12, |d| {
+        assert_eq!(d.fix.map(|f| f.t_ms), Some(t(10)));
+        assert_eq!((d.health.t_ms, d.health.battery_pct), (t(11), Some(50)));
+        assert_eq!(d.last_event.map(|l| l.code), Some(1));
+    })
+    .unwrap();
+    assert_eq!(e.with_device(13, |d| d.health.battery_pct), Some(Some(40)));
+}
+
+#[test]
+fn a_device_restored_with_times_in_2100_recovers() {
+    // What a snapshot of an earlier version holds after one frame dated
+    // 2100: the health, the last event, the fix and a reading in 2100.
+    let e = engine(EngineConfig::default());
+    let t = |i: u64| T0 + i * 1000;
+    let mut d = Device::new(14, t(0));
+    d.health.t_ms = Y2100;
+    d.health.battery_pct = Some(5);
+    d.last_event = Some(device::LastEvent { code: 1, severity: 0, t_ms: Y2100 });
+    d.fix = Some(device::Fix::from_position(&pos(48.0, 11.0), Y2100));
+    let mut r = readings::ReadingSeries::new("temp");
+    r.push(Y2100, 99.0, timing::Clock { now_ms: Y2100, max_future_ms: 0 }, 60_000, 128, true);
+    d.readings = Some(Box::new(vec![r]));
+    e.restore(vec![d], None);
+    for i in 1..=10u64 {
+        let v = [Reading { name: "temp", value: i as f64 }];
+        send(&e, t(i), Frame::new(14, i as u32, t(i), monitoring(90, &v)));
+    }
+    send(&e, t(11), Frame::new(14, 11, t(11), event(2)));
+    send(&e, t(12), Frame::new(14, 12, t(12), Body::Position(pos(48.0001, 11.0))));
+    e.with_device(14, |d| {
+        assert_eq!((d.health.t_ms, d.health.battery_pct), (t(10), Some(90)));
+        assert_eq!(d.last_event.map(|l| l.code), Some(2));
+        assert_eq!(d.fix.map(|f| f.t_ms), Some(t(12)));
+    })
+    .unwrap();
+    let st = stats(&e, 14, "temp");
+    assert_eq!((st.count, st.min, st.max, st.last_ms), (10, 1.0, 10.0, t(10)));
+    let s = e.summary().totals;
+    assert_eq!(
+        [RecordKind::Position, RecordKind::Monitoring, RecordKind::Event]
+            .map(|k| s.clock_resets.get(k)),
+        [1, 1, 1]
+    );
+}
+
+#[test]
+fn fleet_counters_of_an_older_snapshot_header_still_read() {
+    // The header of a snapshot written before `future` and `clock_resets`
+    // existed: the same fields, without those two.
+    #[derive(serde::Serialize)]
+    struct Before {
+        records: [u64; 4],
+        batches: u64,
+        filtered: [u64; 7],
+        events: [u64; 5],
+        gaps: u64,
+        pending: u64,
+        duplicates: u64,
+        reordered: u64,
+        late: u64,
+        restarts: u64,
+        readings_dropped: u64,
+        devices_created: u64,
+        evicted: u64,
+        online: u64,
+    }
+    let old = Before {
+        records: [1, 2, 3, 4],
+        batches: 5,
+        filtered: [6; 7],
+        events: [7; 5],
+        gaps: 8,
+        pending: 9,
+        duplicates: 10,
+        reordered: 11,
+        late: 12,
+        restarts: 13,
+        readings_dropped: 14,
+        devices_created: 15,
+        evicted: 16,
+        online: 17,
+    };
+    let bytes = postcard::to_allocvec(&(99u64, &old)).unwrap();
+    let (taken, t): (u64, ShardTotals) = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!((taken, t.records.get(RecordKind::Hello), t.evicted, t.online), (99, 4, 16, 17));
+    assert_eq!((t.future.total(), t.clock_resets.total()), (0, 0));
+    // And the new fields round-trip.
+    let mut t2 = t.clone();
+    t2.future.count(RecordKind::Event);
+    t2.clock_resets.count(RecordKind::Position);
+    let (_, back): (u64, ShardTotals) =
+        postcard::from_bytes(&postcard::to_allocvec(&(1u64, &t2)).unwrap()).unwrap();
+    assert_eq!(back, t2);
 }

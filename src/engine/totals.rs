@@ -77,7 +77,10 @@ pub(crate) enum FilterReason {
     NullIsland = 1,
     /// Reaching it from the last fix needs more than `max_speed`.
     ImplausibleSpeed = 2,
-    /// Sample time too far in the future.
+    /// Sample time too far in the future. No longer counted: such a frame is
+    /// now taken at the server's clock (counted in
+    /// [`ShardTotals::future`]); kept for the label and the snapshot's
+    /// counter array, which carries earlier counts on.
     FutureTimestamp = 3,
     /// Sample time older than `max_age`.
     StaleTimestamp = 4,
@@ -144,6 +147,27 @@ pub(crate) struct ShardTotals {
     pub evicted: u64,
     /// Devices online at the last tick (a gauge).
     pub online: u64,
+    /// Records of frames dated more than `max_future` ahead of the server
+    /// clock, by kind: taken at the server's clock instead. (This field and
+    /// the next are missing from the snapshots of earlier versions, where
+    /// they read as 0.)
+    #[serde(default, deserialize_with = "or_default")]
+    pub future: RecordCounts,
+    /// Records whose earlier sample time replaced a stored one that was
+    /// ahead of the server clock (the device's clock jumped back), by kind.
+    #[serde(default, deserialize_with = "or_default")]
+    pub clock_resets: RecordCounts,
+}
+
+/// A field that an older snapshot header does not have: postcard has no
+/// field names, so a header written before the field existed ends where it
+/// would start, and reading it fails; that reads as the default.
+fn or_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(T::deserialize(d).unwrap_or_default())
 }
 
 impl ShardTotals {
@@ -173,5 +197,7 @@ impl ShardTotals {
         self.devices_created += o.devices_created;
         self.evicted += o.evicted;
         self.online += o.online;
+        self.future.add(&o.future);
+        self.clock_resets.add(&o.clock_resets);
     }
 }
