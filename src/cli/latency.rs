@@ -65,7 +65,12 @@ fn open(http: SocketAddr) -> std::io::Result<TcpStream> {
 
 /// Reads the stream until `stop`, recording delays of position messages
 /// (when `record`) as received time minus the frame's time.
-fn read(mut s: TcpStream, stop: &AtomicBool, record: Option<&Mutex<Vec<u64>>>, messages: &AtomicU64) {
+fn read(
+    mut s: TcpStream,
+    stop: &AtomicBool,
+    record: Option<&Mutex<Vec<u64>>>,
+    messages: &AtomicU64,
+) {
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
     let mut buf = vec![0u8; 256 << 10];
     let mut carry = Vec::new();
@@ -73,7 +78,14 @@ fn read(mut s: TcpStream, stop: &AtomicBool, record: Option<&Mutex<Vec<u64>>>, m
         let n = match s.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
             Err(_) => return,
         };
         let now = now_ms();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Extension, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Tokens};
 use super::render::render_engine;
+use super::serve::HttpMetrics;
 use crate::clock::now_ms;
 use crate::engine::{Device, Engine, FilterReason, SEVERITIES};
 use crate::forward::Forwarder;
@@ -60,17 +61,16 @@ pub(crate) fn spawn(
     state: HttpState,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    let metrics = HttpMetrics::register(&state.registry, "api");
     let app = router(Arc::new(state));
-    tokio::spawn(async move {
-        let r = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    })
+    // Half the descriptors beyond the reserve (the OsmAnd listener may have
+    // the other half).
+    super::serve::spawn(listener, app, super::serve::max_connections(2), metrics, stop)
 }
 
 fn router(state: Arc<HttpState>) -> Router {
     let tokens = state.tokens.clone();
+    let heavy = Arc::new(Heavy::new(&state.registry));
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
@@ -84,6 +84,7 @@ fn router(state: Arc<HttpState>) -> Router {
         .route("/map", get(map_page))
         .route("/map/", get(map_page))
         .route("/map/{*path}", get(map_asset))
+        .layer(axum::Extension(heavy))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
         .with_state(state)
 }
@@ -117,11 +118,57 @@ async fn map_asset(Path(path): Path<String>) -> Response {
     }
 }
 
-/// Runs `f` on a blocking thread (walking the device table, rendering):
-/// the async runtime also drives QUIC.
+/// Most expensive requests (`/metrics`, listings, GeoJSON) worked on at
+/// once: they walk the device table, which the receive path needs too.
+const HEAVY_AT_ONCE: usize = 2;
+/// How long an expensive request waits for its turn before a `503`.
+const HEAVY_QUEUE: std::time::Duration = std::time::Duration::from_secs(5);
+/// A `/metrics` body younger than this is served again to concurrent or
+/// close scrapes instead of rendering anew (one rendering for all of them).
+const METRICS_CACHE: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// What bounds the expensive requests.
+pub(crate) struct Heavy {
+    turns: tokio::sync::Semaphore,
+    /// The last `/metrics` body and when it was rendered.
+    metrics: tokio::sync::Mutex<Option<(Instant, axum::body::Bytes)>>,
+    refused: crate::telemetry::Counter,
+}
+
+impl Heavy {
+    /// The limits, counting refusals in `r`.
+    pub(crate) fn new(r: &Registry) -> Self {
+        Heavy {
+            turns: tokio::sync::Semaphore::new(HEAVY_AT_ONCE),
+            metrics: tokio::sync::Mutex::new(None),
+            refused: r.counter(
+                "fleetwire_http_busy_total",
+                "Expensive HTTP requests (/metrics, /api/devices, /api/positions.geojson) answered 503 after waiting their turn for 5 s.",
+                &[],
+            ),
+        }
+    }
+}
+
+/// The `503` of a request that waited too long, with `Retry-After`.
+fn busy(h: &Heavy) -> Response {
+    h.refused.inc();
+    let body =
+        Json(json!({"error": "busy", "message": "too many expensive requests at once; retry"}));
+    let mut r = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+/// Runs the expensive `f` on a blocking thread (walking the device table,
+/// rendering: the async runtime also drives QUIC) once it is its turn.
 async fn blocking<T: Send + 'static>(
+    heavy: &Heavy,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Response> {
+    let Ok(Ok(_turn)) = tokio::time::timeout(HEAVY_QUEUE, heavy.turns.acquire()).await else {
+        return Err(busy(heavy));
+    };
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
@@ -135,10 +182,26 @@ fn render_all(st: &HttpState) -> String {
     out
 }
 
-async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
-    match blocking(move || render_all(&st)).await {
-        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
-            .into_response(),
+async fn metrics(
+    State(st): State<Arc<HttpState>>,
+    Extension(heavy): Extension<Arc<Heavy>>,
+) -> Response {
+    let ok = |body: axum::body::Bytes| {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    };
+    // Scrapes arriving together wait for one rendering and share its body.
+    let Ok(mut cached) = tokio::time::timeout(HEAVY_QUEUE, heavy.metrics.lock()).await else {
+        return busy(&heavy);
+    };
+    if let Some((_, body)) = cached.as_ref().filter(|(at, _)| at.elapsed() < METRICS_CACHE) {
+        return ok(body.clone());
+    }
+    match blocking(&heavy, move || render_all(&st)).await {
+        Ok(body) => {
+            let body = axum::body::Bytes::from(body);
+            *cached = Some((Instant::now(), body.clone()));
+            ok(body)
+        }
         Err(r) => r,
     }
 }
@@ -236,28 +299,38 @@ const MAX_PAGE: usize = 10_000;
 /// Most features per `/api/positions.geojson`.
 const MAX_FEATURES: usize = 100_000;
 
-async fn devices(State(st): State<Arc<HttpState>>, Query(q): Query<ListQuery>) -> Response {
-    let r = blocking(move || {
+async fn devices(
+    State(st): State<Arc<HttpState>>,
+    Extension(heavy): Extension<Arc<Heavy>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let r = blocking(&heavy, move || {
         let limit = q.limit.unwrap_or(1000).min(MAX_PAGE);
         let offset = q.offset.unwrap_or(0);
         let now = now_ms();
         let off = st.engine.config();
-        // Ids first (cheap), then the page's devices.
-        let mut ids = Vec::new();
+        // The offset + limit smallest ids, kept in a bounded heap while each
+        // shard is walked (no list of every id, no sort of it), then the
+        // page's devices.
+        let keep = offset.saturating_add(limit);
+        let mut smallest = std::collections::BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
+        let mut total = 0usize;
         st.engine.for_each_shard(|s| {
-            ids.extend(
-                s.devices()
-                    .iter()
-                    .filter(|d| q.online.is_none_or(|o| d.online(now, off) == o))
-                    .map(|d| d.id),
-            );
+            for d in s.devices().iter().filter(|d| q.online.is_none_or(|o| d.online(now, off) == o))
+            {
+                total += 1;
+                if smallest.len() < keep {
+                    smallest.push(d.id);
+                } else if smallest.peek().is_some_and(|top| d.id < *top) {
+                    smallest.pop();
+                    smallest.push(d.id);
+                }
+            }
         });
-        ids.sort_unstable();
-        let total = ids.len();
+        let ids = smallest.into_sorted_vec();
         let page: Vec<Brief> = ids
             .iter()
             .skip(offset)
-            .take(limit)
             .filter_map(|id| st.engine.with_device(*id, |d| Brief::of(d, now, off)))
             .collect();
         let page: Vec<Value> = page.iter().map(Brief::json).collect();
@@ -340,8 +413,12 @@ async fn device(State(st): State<Arc<HttpState>>, Path(id): Path<u32>) -> Respon
     }
 }
 
-async fn geojson(State(st): State<Arc<HttpState>>, Query(q): Query<ListQuery>) -> Response {
-    let r = blocking(move || {
+async fn geojson(
+    State(st): State<Arc<HttpState>>,
+    Extension(heavy): Extension<Arc<Heavy>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let r = blocking(&heavy, move || {
         let limit = q.limit.unwrap_or(10_000).min(MAX_FEATURES);
         let now = now_ms();
         let off = st.engine.config();
@@ -357,12 +434,22 @@ async fn geojson(State(st): State<Arc<HttpState>>, Query(q): Query<ListQuery>) -
                     .map(|d| Brief::of(d, now, off)),
             );
         });
-        let features: Vec<Value> = rows.iter().filter_map(Brief::feature).collect();
-        json!({"type": "FeatureCollection", "features": features})
+        // Written as text feature by feature: a JSON value tree of 100,000
+        // features takes about ten times the bytes of the text.
+        let mut out = Vec::with_capacity(rows.len() * 256 + 64);
+        out.extend_from_slice(b"{\"type\":\"FeatureCollection\",\"features\":[");
+        for (i, f) in rows.iter().filter_map(Brief::feature).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut out, &f);
+        }
+        out.extend_from_slice(b"]}");
+        out
     })
     .await;
     match r {
-        Ok(v) => ([(header::CONTENT_TYPE, "application/geo+json")], Json(v)).into_response(),
+        Ok(body) => ([(header::CONTENT_TYPE, "application/geo+json")], body).into_response(),
         Err(r) => r,
     }
 }
@@ -453,17 +540,21 @@ mod tests {
         let st = state();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let q = |limit| ListQuery { limit: Some(limit), offset: None, online: None };
+        let h = Arc::new(Heavy::new(&Registry::new()));
+        let heavy = || Extension(h.clone());
         let call = |r: Response| {
             assert_eq!(r.status(), StatusCode::OK);
             let body = rt.block_on(axum::body::to_bytes(r.into_body(), usize::MAX)).unwrap();
             serde_json::from_slice::<Value>(&body).unwrap()
         };
-        let (v, list) =
-            under_lock(&st, || call(rt.block_on(devices(State(st.clone()), Query(q(5_000))))));
+        let (v, list) = under_lock(&st, || {
+            call(rt.block_on(devices(State(st.clone()), heavy(), Query(q(5_000)))))
+        });
         assert_eq!(v["devices"].as_array().map(Vec::len), Some(DEVICES as usize));
         assert!(list < 200, "/api/devices: {list} allocations under the lock");
-        let (v, geo) =
-            under_lock(&st, || call(rt.block_on(geojson(State(st.clone()), Query(q(100_000))))));
+        let (v, geo) = under_lock(&st, || {
+            call(rt.block_on(geojson(State(st.clone()), heavy(), Query(q(100_000)))))
+        });
         assert_eq!(v["features"].as_array().map(Vec::len), Some(DEVICES as usize));
         assert!(geo < 200, "/api/positions.geojson: {geo} allocations under the lock");
         let (v, one) = under_lock(&st, || call(rt.block_on(device(State(st.clone()), Path(7)))));

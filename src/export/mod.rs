@@ -5,3 +5,4 @@
 pub(crate) mod auth;
 pub(crate) mod http;
 pub(crate) mod render;
+pub(crate) mod serve;

@@ -148,3 +148,22 @@ impl Batch {
         (&self.bufs[start..start + len], truncated, source)
     }
 }
+
+/// Raises this process's soft limit of open files to its hard limit and
+/// returns the limit now in force (the services' default of 1024 is easy to
+/// exhaust with HTTP connections).
+pub(crate) fn raise_nofile_limit() -> u64 {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return 1024;
+    }
+    if l.rlim_cur < l.rlim_max {
+        let raised = libc::rlimit { rlim_cur: l.rlim_max, rlim_max: l.rlim_max };
+        // SAFETY: setrlimit reads one rlimit from the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            l.rlim_cur = l.rlim_max;
+        }
+    }
+    l.rlim_cur
+}
