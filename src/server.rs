@@ -11,8 +11,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -145,6 +147,13 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The server stopped, but its final snapshot could not be written:
+    /// what changed since the last snapshot that was written is lost.
+    #[error(
+        "the final snapshot could not be written ({0}); the device state since the last \
+         snapshot written is lost"
+    )]
+    FinalSnapshot(StoreError),
 }
 
 impl ServerError {
@@ -156,7 +165,9 @@ impl ServerError {
             | ServerError::Devices(_)
             | ServerError::Tokens(_) => true,
             ServerError::Quic(e) => e.is_config(),
-            ServerError::Bind { .. } | ServerError::Start { .. } => false,
+            ServerError::Bind { .. }
+            | ServerError::Start { .. }
+            | ServerError::FinalSnapshot(_) => false,
         }
     }
 }
@@ -173,15 +184,133 @@ pub struct RunSummary {
 }
 
 /// Runs the server until `shutdown` resolves, then stops it (see
-/// [`Running::shutdown`]).
+/// [`Running::shutdown`]); SIGHUP reloads the keys and tokens while it
+/// runs. An error if it could not start, or if its final snapshot could
+/// not be written.
 pub async fn run(
     cfg: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, ServerError> {
-    let server = Running::start(cfg, listeners).await?;
+    let hangup = Arc::new(Notify::new());
+    let server = Running::start(cfg, listeners, hangup.clone()).await?;
+    let hangups = tokio::spawn(forward_hangups(hangup, server.stop.clone()));
     shutdown.await;
-    Ok(server.shutdown().await)
+    let summary = server.shutdown().await;
+    let _ = hangups.await;
+    summary
+}
+
+/// Runs the server as `fleetwire serve` does, with the process's
+/// [`Signals`] (installed before anything was bound or restored): until
+/// SIGTERM or SIGINT, which stops it, also when it came during start-up
+/// (the restore completes, so the final snapshot holds at least what was
+/// restored); a SIGHUP during start-up is applied once the server runs.
+pub async fn serve(
+    cfg: Config,
+    listeners: Listeners,
+    signals: Signals,
+) -> Result<RunSummary, ServerError> {
+    let server = Running::start(cfg, listeners, signals.hangup.clone()).await?;
+    signals.started.store(true, Ordering::SeqCst);
+    if signals.stop.is_cancelled() {
+        tracing::info!("started: stopping at once (a stop signal came during start-up)");
+    }
+    signals.stop.cancelled().await;
+    server.shutdown().await
+}
+
+/// The signals of a `fleetwire serve` process, listened to from the start
+/// (before the sockets are bound and the state restored, which takes
+/// seconds with a million devices), so that none of them ends the process
+/// by its default action: SIGTERM and SIGINT stop the server (once it has
+/// started), SIGHUP reloads the keys and tokens (once it has started, if
+/// it came before). Each is logged when it arrives.
+pub struct Signals {
+    stop: CancellationToken,
+    hangup: Arc<Notify>,
+    started: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Installs the handlers of SIGTERM, SIGINT and SIGHUP (Ctrl-C only,
+    /// without Unix signals). Must be called within a tokio runtime.
+    pub fn install() -> std::io::Result<Signals> {
+        let signals = Signals {
+            stop: CancellationToken::new(),
+            hangup: Arc::new(Notify::new()),
+            started: Arc::new(AtomicBool::new(false)),
+        };
+        let (stop, hangup, started) =
+            (signals.stop.clone(), signals.hangup.clone(), signals.started.clone());
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            // Registered here, before this returns: a signal that comes
+            // later is seen, whenever the task below gets to run.
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            tokio::spawn(async move {
+                loop {
+                    let name = tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                        _ = hup.recv() => {
+                            if !started.load(Ordering::SeqCst) {
+                                tracing::info!(
+                                    "SIGHUP during start-up: the keys and tokens are reloaded \
+                                     once the server runs"
+                                );
+                            }
+                            hangup.notify_one();
+                            continue;
+                        }
+                    };
+                    stopping(name, &stop, &started);
+                }
+            });
+        }
+        #[cfg(not(unix))]
+        tokio::spawn(async move {
+            let _ = (&hangup, &started);
+            while tokio::signal::ctrl_c().await.is_ok() {
+                stopping("Ctrl-C", &stop, &started);
+            }
+        });
+        Ok(signals)
+    }
+}
+
+/// A stop signal arrived: says so and stops the server.
+fn stopping(name: &str, stop: &CancellationToken, started: &AtomicBool) {
+    if stop.is_cancelled() {
+        tracing::info!(signal = name, "stop signal received; already stopping");
+    } else if started.load(Ordering::SeqCst) {
+        tracing::info!(signal = name, "stop signal received");
+    } else {
+        tracing::info!(
+            signal = name,
+            "stop signal received during start-up: stopping once the state is restored"
+        );
+    }
+    stop.cancel();
+}
+
+/// Hands each SIGHUP to `hangup` until `stop` (for [`run`]; [`serve`]
+/// gets them from its [`Signals`]).
+async fn forward_hangups(hangup: Arc<Notify>, stop: CancellationToken) {
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hup.recv() => hangup.notify_one(),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (hangup, stop);
 }
 
 /// How long a stopping server keeps publishing buffered records to NATS.
@@ -193,6 +322,8 @@ const HTTP_DRAIN: Duration = Duration::from_millis(500);
 /// one save at a time, and counts the outcome.
 struct Saver {
     store: Store,
+    /// The data dir (for errors).
+    dir: PathBuf,
     engine: Arc<Engine>,
     pipeline: Arc<Pipeline>,
     registry: Arc<DeviceRegistry>,
@@ -204,13 +335,14 @@ struct Saver {
 
 impl Saver {
     fn new(
-        store: Store,
+        dir: &std::path::Path,
         (engine, pipeline, registry): (Arc<Engine>, Arc<Pipeline>, Arc<DeviceRegistry>),
         stop: CancellationToken,
         r: &Registry,
     ) -> Self {
         Saver {
-            store,
+            store: Store::new(dir),
+            dir: dir.to_path_buf(),
             engine,
             pipeline,
             registry,
@@ -228,11 +360,12 @@ impl Saver {
         }
     }
 
-    /// Saves now (blocking); returns whether it worked. Saves never
-    /// overlap: the store lets one writer in at a time. A `periodic` save
-    /// gives up between two shards once the stop signal came (the final
-    /// save, which is not periodic, writes the newer state right after).
-    fn save(&self, periodic: bool) -> bool {
+    /// Saves now (blocking). Saves never overlap: the store lets one
+    /// writer in at a time. A `periodic` save gives up between two shards
+    /// once the stop signal came (`Cancelled`: the final save, which is
+    /// not periodic, writes the newer state right after). A failure is
+    /// counted and logged.
+    fn save(&self, periodic: bool) -> Result<(), StoreError> {
         let t = Instant::now();
         let cancel = || periodic && self.stop.is_cancelled();
         let r = self.store.exclusive(|dir| -> Result<(usize, usize), StoreError> {
@@ -244,16 +377,16 @@ impl Saver {
             Ok((bytes, devices)) => {
                 self.snapshots.inc();
                 tracing::debug!(devices, bytes, elapsed = ?t.elapsed(), "snapshot written");
-                true
+                Ok(())
             }
             Err(StoreError::Cancelled) => {
                 tracing::debug!(elapsed = ?t.elapsed(), "periodic snapshot given up: stopping");
-                false
+                Err(StoreError::Cancelled)
             }
             Err(e) => {
                 self.failures.inc();
                 tracing::error!(error = %e, "snapshot failed");
-                false
+                Err(e)
             }
         }
     }
@@ -267,9 +400,14 @@ impl Saver {
     }
 
     /// [`save`](Self::save) on a blocking thread.
-    async fn save_async(self: &Arc<Self>, periodic: bool) -> bool {
+    async fn save_async(self: &Arc<Self>, periodic: bool) -> Result<(), StoreError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.save(periodic)).await.unwrap_or(false)
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || me.save(periodic)).await.unwrap_or_else(|e| {
+            self.failures.inc();
+            tracing::error!(error = %e, "snapshot failed: the snapshot task ended");
+            Err(StoreError::Io { path: dir, source: std::io::Error::other(e.to_string()) })
+        })
     }
 }
 
@@ -295,8 +433,14 @@ impl Running {
     /// Starts the server on `listeners`, phase by phase: restore the state
     /// (engine, policies, device registry), start forwarding, build the
     /// pipeline, then the UDP receivers, the QUIC endpoint, the Teltonika
-    /// and OsmAnd listeners, HTTP and the upkeep task.
-    pub async fn start(cfg: Config, listeners: Listeners) -> Result<Running, ServerError> {
+    /// and OsmAnd listeners, HTTP and the upkeep task. Each notification
+    /// of `hangup` (SIGHUP) reloads the keys and the API tokens, one that
+    /// came before once the server runs.
+    pub async fn start(
+        cfg: Config,
+        listeners: Listeners,
+        hangup: Arc<Notify>,
+    ) -> Result<Running, ServerError> {
         let started = Instant::now();
         let stop = CancellationToken::new();
         let registry = Registry::new();
@@ -320,9 +464,8 @@ impl Running {
         let foreign = (&pipeline, &devices, &*registry, &stop);
         let teltonika = start_teltonika(&cfg, listeners.teltonika, foreign, &mut listening)?;
         let osmand = start_osmand(&cfg, listeners.osmand, foreign, &mut listening)?;
-        let store = Store::new(&cfg.data_dir);
         let parts = (engine.clone(), pipeline.clone(), devices.clone());
-        let saver = Arc::new(Saver::new(store, parts, stop.clone(), &registry));
+        let saver = Arc::new(Saver::new(&cfg.data_dir, parts, stop.clone(), &registry));
         let http = match listeners.http {
             Some(l) => {
                 let state = HttpState {
@@ -344,7 +487,7 @@ impl Running {
         };
         let snap_every =
             (cfg.snapshot && !cfg.snapshot_interval.is_zero()).then_some(cfg.snapshot_interval);
-        let tasks = Upkeep { snap_every, saver: saver.clone(), pipeline, hub, tokens };
+        let tasks = Upkeep { snap_every, saver: saver.clone(), pipeline, hub, tokens, hangup };
         let upkeep = tokio::spawn(upkeep(tasks, stop.clone()));
         Ok(Running {
             stop,
@@ -383,7 +526,10 @@ impl Running {
     ///    off mid-file, none overlaps the next); HTTP ends;
     /// 5. the final tick and the final snapshot (after every other save,
     ///    which the store serialises anyway), then the totals are logged.
-    pub async fn shutdown(self) -> RunSummary {
+    ///
+    /// An error when the final snapshot could not be written (what changed
+    /// since the last snapshot is lost: `fleetwire serve` exits non-zero).
+    pub async fn shutdown(self) -> Result<RunSummary, ServerError> {
         tracing::info!("shutting down: draining sockets");
         self.stop.cancel();
         self.udp.join().await;
@@ -409,10 +555,13 @@ impl Running {
             let _ = tokio::time::timeout(HTTP_DRAIN, t).await;
         }
         self.engine.tick(now_ms());
-        let snapshot = if self.cfg.snapshot && self.saver.save_async(false).await {
-            Some(self.cfg.data_dir.join(snapshot::FILE))
-        } else {
-            None
+        let saved = match self.cfg.snapshot {
+            true => Some(self.saver.save_async(false).await),
+            false => None,
+        };
+        let snapshot = match &saved {
+            Some(Ok(())) => Some(self.cfg.data_dir.join(snapshot::FILE)),
+            _ => None,
         };
         let summary = self.engine.summary();
         let t = &summary.totals;
@@ -428,7 +577,10 @@ impl Running {
             snapshot = ?snapshot,
             "stopped"
         );
-        RunSummary { devices: summary.devices, records: t.records.total(), snapshot }
+        if let Some(Err(e)) = saved {
+            return Err(ServerError::FinalSnapshot(e));
+        }
+        Ok(RunSummary { devices: summary.devices, records: t.records.total(), snapshot })
     }
 }
 
@@ -436,6 +588,10 @@ impl Running {
 fn restore_engine(cfg: &Config) -> Engine {
     let engine = Engine::new(cfg.engine(), cfg.effective_shards());
     if cfg.snapshot {
+        let file = cfg.data_dir.join(snapshot::FILE);
+        if file.exists() {
+            tracing::info!(file = %file.display(), "restoring device state");
+        }
         match snapshot::read(&cfg.data_dir) {
             Ok(Some(s)) => {
                 let (n, taken_ms) = (s.device_count(), s.taken_ms);
@@ -595,10 +751,9 @@ fn start_http(
 /// so a snapshot in progress is finished or, at the stop signal, given up
 /// between two shards (the final snapshot follows).
 async fn upkeep(u: Upkeep, stop: CancellationToken) {
-    let Upkeep { snap_every, saver, pipeline, hub, tokens } = u;
+    let Upkeep { snap_every, saver, pipeline, hub, tokens, hangup } = u;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut hup = Hangup::new();
     let mut last_snap = Instant::now();
     loop {
         tokio::select! {
@@ -606,14 +761,14 @@ async fn upkeep(u: Upkeep, stop: CancellationToken) {
             // another snapshot after it.
             biased;
             _ = stop.cancelled() => return,
-            _ = hup.recv() => reload_on_hangup(pipeline.policy(), tokens.as_deref()),
+            _ = hangup.notified() => reload_on_hangup(pipeline.policy(), tokens.as_deref()),
             _ = tick.tick() => {
                 let transitions = saver.engine.tick(now_ms());
                 hub.transitions(&transitions);
                 let s = saver.clone();
                 let _ = tokio::task::spawn_blocking(move || s.save_registry()).await;
                 if snap_every.is_some_and(|every| last_snap.elapsed() >= every) {
-                    saver.save_async(true).await;
+                    let _ = saver.save_async(true).await;
                     // The interval runs from the end of a save, so a save
                     // longer than the interval is not followed at once by
                     // the next.
@@ -631,6 +786,8 @@ struct Upkeep {
     pipeline: Arc<Pipeline>,
     hub: Arc<StreamHub>,
     tokens: Option<Arc<Tokens>>,
+    /// SIGHUP.
+    hangup: Arc<Notify>,
 }
 
 /// SIGHUP: the device keys and the API tokens are read again.
@@ -655,56 +812,4 @@ fn load_tokens(cfg: &Config, r: &Registry) -> Result<Option<Arc<Tokens>>, Server
         return Ok(None);
     }
     Ok(Some(Tokens::load(&cfg.http_tokens_file, cfg.metrics_auth, r)?))
-}
-
-/// SIGHUP, where there is such a thing.
-struct Hangup {
-    #[cfg(unix)]
-    signal: Option<tokio::signal::unix::Signal>,
-}
-
-impl Hangup {
-    fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            Hangup { signal: signal(SignalKind::hangup()).ok() }
-        }
-        #[cfg(not(unix))]
-        Hangup {}
-    }
-
-    /// Resolves at the next SIGHUP (never, without signals).
-    async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some(s) = &mut self.signal {
-            if s.recv().await.is_some() {
-                return;
-            }
-        }
-        std::future::pending::<()>().await
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -672,3 +672,181 @@ fn sigterm_during_a_periodic_snapshot_keeps_every_device() {
         assert!(expected >= DEVICES, "stop {i}: {expected} devices at the end");
     }
 }
+
+/// The final snapshot cannot be written: the server says so and exits
+/// non-zero (it exited 0, as if the state were safe). The data dir is
+/// replaced by a regular file of the same name, which stops root too
+/// (the tests run as root, whom permission bits do not stop, and the
+/// store recreates a removed data dir).
+#[test]
+fn a_failed_final_snapshot_exits_non_zero_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let s = Server::start_in(&dir, &[]);
+    udp_sender().send_to(&bytes(&position(5, 0)), s.udp).unwrap();
+    s.wait_received("udp", 1);
+    std::fs::rename(&dir, tmp.path().join("data.moved")).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let log = std::sync::Arc::clone(&s.log);
+    let (st, _) = s.terminate();
+    let log = log.lock().unwrap().join("\n");
+    assert_eq!(st.code(), Some(1), "{st:?}\n{log}");
+    assert!(log.contains("snapshot failed"), "{log}");
+    let said =
+        log.lines().find(|l| l.starts_with("fleetwire: the final snapshot could not be written"));
+    assert!(said.is_some_and(|l| l.contains("data")), "{log}");
+
+    // With the data dir back, the same server state stops with exit 0.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(tmp.path().join("data.moved"), &dir).unwrap();
+    let s = Server::start_in(&dir, &[]);
+    let (st, _) = s.terminate();
+    assert!(st.success(), "{st:?}");
+}
+
+/// `fleetwire serve` on `dir` with `args`, not waiting for anything: its
+/// stderr lines are collected as they come.
+fn spawn_serve(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Child, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .args(["--udp-listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--teltonika-listen", "off"])
+        .args(["--osmand-listen", "off", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            log2.lock().unwrap().push(line);
+        }
+    });
+    (child, log)
+}
+
+/// Index of the first log line containing `what`.
+fn line_of(log: &std::sync::Mutex<Vec<String>>, what: &str) -> Option<usize> {
+    log.lock().unwrap().iter().position(|l| l.contains(what))
+}
+
+/// Sends `sig` to a server spawned a moment ago, while it restores its
+/// snapshot: as soon as it logs that it is restoring, or 200 ms after
+/// spawning if it does not say so (the restore of 200,000 devices takes
+/// longer than that).
+fn signal_while_restoring(
+    child: &std::process::Child,
+    log: &std::sync::Mutex<Vec<String>>,
+    spawned: Instant,
+    sig: &str,
+) {
+    while line_of(log, "restoring device state").is_none()
+        && spawned.elapsed() < Duration::from_millis(200)
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    unsafe_kill(child.id(), sig);
+}
+
+fn wait_exit(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// SIGTERM and SIGHUP right after spawning a server that restores a
+/// snapshot of 200,000 devices: both used to end the process (their
+/// default action: the handlers were installed after the restore) with no
+/// log line. SIGTERM now stops it cleanly once restored (exit 0, every
+/// device in the snapshot it leaves); SIGHUP is remembered and applied
+/// (the keys reloaded) once it runs.
+#[test]
+fn sigterm_and_sighup_during_start_up_are_handled() {
+    const DEVICES: u64 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys");
+    std::fs::write(&keys, format!("42 {KEY42}\n")).unwrap();
+    let s = Server::start_in(dir.path(), &[]);
+    let mut sent = 0;
+    for _ in 0..5 {
+        let out = fleetwire(&[
+            "bench",
+            "flood",
+            "--target",
+            &s.udp.to_string(),
+            "--ids",
+            &DEVICES.to_string(),
+            "--rate",
+            "100000",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        sent += DEVICES;
+        let (mut last, mut since) = (0, Instant::now());
+        s.wait_until(120, "the flood to be read", |s| {
+            let n = s.received("udp");
+            if n != last {
+                (last, since) = (n, Instant::now());
+            }
+            n >= sent || since.elapsed() > Duration::from_secs(2)
+        });
+        if s.json("/api/summary")["devices"] == DEVICES {
+            break;
+        }
+    }
+    assert_eq!(s.json("/api/summary")["devices"], DEVICES);
+    let (st, _) = s.terminate();
+    assert!(st.success());
+
+    // SIGTERM during the restore.
+    let spawned = Instant::now();
+    let (mut child, log) = spawn_serve(dir.path(), &[]);
+    signal_while_restoring(&child, &log, spawned, "TERM");
+    let st = wait_exit(&mut child, 60);
+    let text = log.lock().unwrap().join("\n");
+    assert_eq!(st.map(|s| s.code()), Some(Some(0)), "{st:?}\n{text}");
+    let signalled = line_of(&log, "stop signal received during start-up");
+    let restored = line_of(&log, "restored device state");
+    assert!(signalled.is_some() && signalled < restored, "not during the restore:\n{text}");
+    let stopped = text.lines().rfind(|l| l.contains("stopped")).unwrap_or_default();
+    assert!(stopped.contains(&format!("devices={DEVICES}")), "{text}");
+    let s = Server::start_in(dir.path(), &[]);
+    assert_eq!(s.json("/api/summary")["devices"], DEVICES, "{}", s.log_text());
+    let (st, _) = s.terminate();
+    assert!(st.success());
+
+    // SIGHUP during the restore: the keys are reloaded once it runs.
+    let spawned = Instant::now();
+    let (mut child, log) = spawn_serve(dir.path(), &["--keys-file", keys.to_str().unwrap()]);
+    signal_while_restoring(&child, &log, spawned, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while line_of(&log, "reloaded device keys (SIGHUP)").is_none() {
+        let ended = child.try_wait().unwrap();
+        let text = log.lock().unwrap().join("\n");
+        assert!(ended.is_none(), "SIGHUP ended the server: {ended:?}\n{text}");
+        assert!(Instant::now() < deadline, "no reload:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = log.lock().unwrap().join("\n");
+    let hup = line_of(&log, "SIGHUP during start-up");
+    assert!(hup.is_some() && hup < line_of(&log, "restored device state"), "{text}");
+    assert!(line_of(&log, "listening") < line_of(&log, "reloaded device keys"), "{text}");
+    assert!(child.try_wait().unwrap().is_none(), "{text}");
+    unsafe_kill(child.id(), "TERM");
+    let st = wait_exit(&mut child, 30);
+    assert_eq!(st.map(|s| s.code()), Some(Some(0)));
+}

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_TOML};
 use crate::ingest::UdpAuth;
-use crate::server::{Listeners, run, shutdown_signal};
+use crate::server::{Listeners, Signals};
 use crate::transport::quic::ClientAuth;
 
 mod bench;
@@ -406,11 +406,21 @@ fn serve(a: ServeArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let started = match Listeners::bind(&cfg) {
-            Ok(listeners) => run(cfg, listeners, shutdown_signal()).await,
+        // The signal handlers first: SIGTERM or SIGHUP while the sockets
+        // are bound and the state restored (seconds, with a million
+        // devices) must not end the process by their default action.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("fleetwire: cannot install the signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let ran = match Listeners::bind(&cfg) {
+            Ok(listeners) => crate::server::serve(cfg, listeners, signals).await,
             Err(e) => Err(e),
         };
-        match started {
+        match ran {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("fleetwire: {e}");
