@@ -5,7 +5,10 @@
 //! Format: the 8 bytes `FWSNAP02`, a u32 little-endian CRC-32C of the body,
 //! then the body: records of a u32 little-endian length and that many bytes
 //! of postcard, first the snapshot time and fleet counters, then one per
-//! device, then a length of 0xFFFFFFFF. The engine is written one shard at
+//! device, then a length of 0xFFFFFFFF, then (since the journal) one more
+//! record: the [`JournalMark`], with the fleet counters as each shard had
+//! them when it was copied (readers of older versions stop at the end
+//! marker; the CRC covers it). The engine is written one shard at
 //! a time (a shard's devices are copied under its lock and serialized after
 //! it is released), so a snapshot costs little more memory than one shard.
 //! A file that is truncated, fails its CRC or does not parse is moved aside
@@ -17,6 +20,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Device, Engine, ShardTotals};
+use crate::journal::JournalMark;
 use crate::store::{self, StoreError};
 
 const MAGIC: &[u8; 8] = b"FWSNAP02";
@@ -33,6 +37,9 @@ pub(crate) struct Snapshot {
     pub(crate) totals: ShardTotals,
     /// Every tracked device.
     pub(crate) devices: Vec<Device>,
+    /// Where the journal's replay starts (none in snapshots written before
+    /// the journal).
+    pub(crate) journal: Option<JournalMark>,
 }
 
 impl Snapshot {
@@ -47,7 +54,7 @@ impl Snapshot {
 pub(crate) fn take(engine: &Engine, now_ms: u64) -> Snapshot {
     let mut devices = Vec::new();
     engine.for_each_shard(|s| devices.extend(s.devices().iter().cloned()));
-    Snapshot { taken_ms: now_ms, totals: engine.summary().totals, devices }
+    Snapshot { taken_ms: now_ms, totals: engine.summary().totals, devices, journal: None }
 }
 
 /// Writes records and keeps the CRC of everything written.
@@ -97,6 +104,7 @@ fn write_with(
     taken_ms: u64,
     totals: &ShardTotals,
     each_shard: impl FnOnce(&mut dyn FnMut(Vec<Device>) -> std::io::Result<()>) -> std::io::Result<()>,
+    trailer: impl FnOnce() -> Option<JournalMark>,
 ) -> Result<usize, StoreError> {
     use std::io::{Seek, SeekFrom};
     let mut written = 0;
@@ -113,6 +121,9 @@ fn write_with(
             Ok(())
         })?;
         w.raw(&END.to_le_bytes())?;
+        if let Some(mark) = trailer() {
+            w.record(&mark, &mut scratch)?;
+        }
         let (crc, bytes) = (w.crc, w.bytes);
         let mut file = w.out.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
@@ -126,41 +137,71 @@ fn write_with(
 /// Writes a snapshot atomically into `dir`. Returns the bytes written.
 #[cfg(test)]
 pub(crate) fn write(dir: &Path, snap: &Snapshot) -> Result<usize, StoreError> {
-    write_with(dir, snap.taken_ms, &snap.totals, |f| f(snap.devices.clone()))
+    write_with(
+        dir,
+        snap.taken_ms,
+        &snap.totals,
+        |f| f(snap.devices.clone()),
+        || snap.journal.clone(),
+    )
 }
 
-/// Writes the engine's state atomically into `dir`, one shard at a time.
-/// Returns the bytes written and the number of devices. Between two shards
-/// it asks `cancel`; when that says yes, the write is given up (the old
-/// file stays) and the result is [`StoreError::Cancelled`].
+/// Writes the engine's state atomically into `dir`, one shard at a time,
+/// recording that the journal of run `run` holds what follows from file
+/// `file` on. Returns the bytes written and the number of devices, and the
+/// mark recorded. Between two shards it asks `cancel`; when that says yes,
+/// the write is given up (the old file stays) and the result is
+/// [`StoreError::Cancelled`].
+pub(crate) fn write_engine_marked(
+    engine: &Engine,
+    dir: &Path,
+    now_ms: u64,
+    (run, file): (u64, u64),
+    cancel: &dyn Fn() -> bool,
+) -> Result<(usize, usize, JournalMark), StoreError> {
+    let header_totals = engine.summary().totals;
+    let mut count = 0;
+    let mut cancelled = false;
+    let mark = std::cell::RefCell::new(JournalMark { run, file, ..Default::default() });
+    let r = write_with(
+        dir,
+        now_ms,
+        &header_totals,
+        |f| {
+            let mut result = Ok(());
+            engine.for_each_shard_marked(&mut |devices: Vec<Device>, m| {
+                if cancel() {
+                    cancelled = true;
+                    result = Err(std::io::Error::other("cancelled"));
+                    return false;
+                }
+                count += devices.len();
+                let mut mark = mark.borrow_mut();
+                mark.totals.add(&m.totals);
+                mark.positions.push(m.position);
+                result = f(devices);
+                result.is_ok()
+            });
+            result
+        },
+        || Some(mark.borrow().clone()),
+    );
+    match r {
+        Ok(bytes) => Ok((bytes, count, mark.into_inner())),
+        Err(_) if cancelled => Err(StoreError::Cancelled),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`write_engine_marked`] without a journal: returns the bytes written
+/// and the number of devices.
 pub(crate) fn write_engine(
     engine: &Engine,
     dir: &Path,
     now_ms: u64,
     cancel: &dyn Fn() -> bool,
 ) -> Result<(usize, usize), StoreError> {
-    let totals = engine.summary().totals;
-    let mut count = 0;
-    let mut cancelled = false;
-    let r = write_with(dir, now_ms, &totals, |f| {
-        let mut result = Ok(());
-        engine.for_each_shard_owned(&mut |devices: Vec<Device>| {
-            if cancel() {
-                cancelled = true;
-                result = Err(std::io::Error::other("cancelled"));
-                return false;
-            }
-            count += devices.len();
-            result = f(devices);
-            result.is_ok()
-        });
-        result
-    });
-    match r {
-        Ok(bytes) => Ok((bytes, count)),
-        Err(_) if cancelled => Err(StoreError::Cancelled),
-        Err(e) => Err(e),
-    }
+    write_engine_marked(engine, dir, now_ms, (0, u64::MAX), cancel).map(|(b, n, _)| (b, n))
 }
 
 /// Reads the snapshot in `dir`, if there is one. A corrupt file is moved
@@ -173,6 +214,23 @@ pub(crate) fn read(dir: &Path) -> Result<Option<Snapshot>, StoreError> {
     }
 }
 
+/// Takes one record off the front of `body`: `None` at the end marker.
+fn take_record<'a>(body: &mut &'a [u8]) -> Result<Option<&'a [u8]>, &'static str> {
+    let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated record")?;
+    let len = u32::from_le_bytes(*len);
+    if len == END {
+        *body = rest;
+        return Ok(None);
+    }
+    let len = len as usize;
+    if len > rest.len() {
+        return Err("truncated record");
+    }
+    let (rec, rest) = rest.split_at(len);
+    *body = rest;
+    Ok(Some(rec))
+}
+
 /// Parses a snapshot file's bytes.
 fn parse(bytes: &[u8]) -> Result<Snapshot, &'static str> {
     let rest = bytes
@@ -182,25 +240,11 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, &'static str> {
     if crc32c::crc32c(body) != u32::from_le_bytes(*crc) {
         return Err("checksum mismatch (truncated or damaged)");
     }
-    let mut next = || -> Result<Option<&[u8]>, &'static str> {
-        let (len, rest) = body.split_first_chunk::<4>().ok_or("truncated record")?;
-        let len = u32::from_le_bytes(*len);
-        if len == END {
-            return Ok(None);
-        }
-        let len = len as usize;
-        if len > rest.len() {
-            return Err("truncated record");
-        }
-        let (rec, rest) = rest.split_at(len);
-        body = rest;
-        Ok(Some(rec))
-    };
-    let head = next()?.ok_or("no header record")?;
+    let head = take_record(&mut body)?.ok_or("no header record")?;
     let (taken_ms, totals): (u64, ShardTotals) =
         postcard::from_bytes(head).map_err(|_| "header does not parse")?;
     let mut devices = Vec::new();
-    while let Some(rec) = next()? {
+    while let Some(rec) = take_record(&mut body)? {
         let (mut d, ext) = postcard::take_from_bytes::<Device>(rec)
             .map_err(|_| "a device record does not parse")?;
         // Snapshots of version 2 have no extension.
@@ -209,7 +253,19 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, &'static str> {
         }
         devices.push(d);
     }
-    Ok(Snapshot { taken_ms, totals, devices })
+    // Snapshots written before the journal end at the end marker.
+    let journal = match body.is_empty() {
+        true => None,
+        false => {
+            let rec = take_record(&mut body)?.ok_or("an end marker for a journal record")?;
+            let mark: JournalMark =
+                postcard::from_bytes(rec).map_err(|_| "the journal record does not parse")?;
+            Some(mark)
+        }
+    };
+    // The totals as each shard had them when it was copied match its devices.
+    let totals = journal.as_ref().map_or(totals, |m| m.totals.clone());
+    Ok(Snapshot { taken_ms, totals, devices, journal })
 }
 
 #[cfg(test)]
@@ -241,7 +297,7 @@ mod tests {
     fn round_trip_restores_everything() {
         let dir = tempfile::tempdir().unwrap();
         let e = engine_with_traffic();
-        let (_, n) = write_engine(&e, dir.path(), 99, &|| false).unwrap();
+        let (_, n, _) = write_engine_marked(&e, dir.path(), 99, (1, 0), &|| false).unwrap();
         assert_eq!(n, 5);
         let snap = read(dir.path()).unwrap().unwrap();
         assert_eq!(snap.taken_ms, 99);

@@ -13,6 +13,8 @@
 pub(crate) mod config;
 pub(crate) mod device;
 pub(crate) mod geo;
+#[allow(dead_code)] // until the server writes the journal
+pub(crate) mod journal;
 #[cfg(test)]
 #[allow(unsafe_code)]
 pub(crate) mod probe;
@@ -28,6 +30,7 @@ use serde::Serialize;
 
 pub(crate) use config::EngineConfig;
 pub(crate) use device::Device;
+pub(crate) use journal::{LogChunk, RecordError};
 pub(crate) use shard::{ExportSlots, Shard};
 pub(crate) use totals::{FilterReason, RecordKind, SEVERITIES, ShardTotals};
 
@@ -79,6 +82,15 @@ pub(crate) struct IngestOutcome {
     /// Bit `i` set: a position of frame `i` passed the plausibility filter
     /// and became the device's fix.
     pub fixes: u64,
+}
+
+/// A shard at the moment a snapshot copied it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ShardMark {
+    /// What it had counted.
+    pub totals: ShardTotals,
+    /// Frames its journal log had written down in this run.
+    pub position: u64,
 }
 
 /// Fleet totals plus sizes, summed over shards.
@@ -213,6 +225,71 @@ impl Engine {
                 return;
             }
         }
+    }
+
+    /// Calls `f` with a copy of each shard's devices in turn, until it
+    /// returns false, with what the shard had counted and its journal
+    /// position at the moment of the copy (the lock is held only while
+    /// copying).
+    pub(crate) fn for_each_shard_marked(&self, f: &mut dyn FnMut(Vec<Device>, ShardMark) -> bool) {
+        for s in self.shards.iter() {
+            let (devices, mark) = {
+                let s = s.lock();
+                (
+                    s.devices().to_vec(),
+                    ShardMark { totals: s.totals.clone(), position: s.log.position() },
+                )
+            };
+            if !f(devices, mark) {
+                return;
+            }
+        }
+    }
+
+    /// Turns the journal's log of applied frames on or off in every shard.
+    #[allow(dead_code)] // until the server writes the journal
+    pub(crate) fn set_journaling(&self, on: bool) {
+        for s in self.shards.iter() {
+            s.lock().log.set_enabled(on);
+        }
+    }
+
+    /// Takes every shard's log of applied frames since the last call (shard
+    /// index and records), leaving buffers of `spares` in their place.
+    #[allow(dead_code)] // until the server writes the journal
+    pub(crate) fn take_logs(&self, spares: &mut Vec<Vec<u8>>) -> Vec<(usize, LogChunk)> {
+        let mut out = Vec::with_capacity(self.shards.len());
+        for (i, s) in self.shards.iter().enumerate() {
+            let spare = spares.pop().unwrap_or_default();
+            out.push((i, s.lock().log.take(spare)));
+        }
+        out
+    }
+
+    /// Frames the journal's log could not write down since start.
+    #[allow(dead_code)] // until the server writes the journal
+    pub(crate) fn unrecorded(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().log.unrecorded()).sum()
+    }
+
+    /// Applies journal records in their order, skipping the first `skip`
+    /// (a snapshot holds them already). Returns the records applied and
+    /// the error that ended the read early, if one did.
+    #[allow(dead_code)] // until the server writes the journal
+    pub(crate) fn replay(&self, records: &[u8], skip: u64) -> (u64, Option<RecordError>) {
+        let mut applied = 0;
+        for (k, r) in journal::records(records).enumerate() {
+            match r {
+                Ok(_) if (k as u64) < skip => {}
+                Ok(r) => {
+                    let mut shard = self.shards[self.shard_of(r.accepted.frame.device_id)].lock();
+                    shard.apply(r.now_ms, &r.accepted, &self.cfg, &self.slots);
+                    applied += 1;
+                }
+                Err(e) => return (applied, Some(e)),
+            }
+        }
+        (applied, None)
     }
 
     /// Puts restored devices back (from a snapshot), least recently seen first.

@@ -65,8 +65,13 @@ pub(crate) struct SeqTracker {
 }
 
 impl SeqTracker {
-    /// Skipped sequence numbers still inside the window (may yet arrive).
+    /// Skipped sequence numbers still inside the window (may yet arrive):
+    /// none before the first frame (a device told apart by record time
+    /// never starts its tracker).
     pub(crate) fn pending(&self) -> u64 {
+        if !self.started {
+            return 0;
+        }
         u64::from((!self.bits & !self.unknown).count_ones())
     }
 
@@ -198,6 +203,16 @@ mod tests {
         let t = SeqTracker { gaps: 2, reordered: 5, ..SeqTracker::default() };
         assert_eq!(t.lost(), 0);
         assert_eq!(t.lost_confirmed(), 0);
+    }
+
+    /// A tracker no frame started (a device told apart by record time, such
+    /// as a Teltonika tracker) awaits nothing: before this, it reported its
+    /// 64 window positions as pending, and a restart added them to the
+    /// fleet's pending count.
+    #[test]
+    fn an_unstarted_tracker_awaits_nothing() {
+        let t = SeqTracker { received: 12, ..SeqTracker::default() };
+        assert_eq!((t.pending(), t.lost(), t.lost_confirmed()), (0, 0, 0));
     }
 
     #[test]

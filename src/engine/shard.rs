@@ -7,6 +7,7 @@ use fleetwire_proto::{Body, Frame, Record};
 use hashbrown::HashMap;
 
 use super::device::Device;
+use super::journal::ShardLog;
 use super::sequence::SeqOutcome;
 use super::timing::Clock;
 use super::{Accepted, Applied, Dedup, EngineConfig, RecordKind, ShardTotals};
@@ -71,6 +72,8 @@ pub(crate) struct Shard {
     /// Heap bytes owned by its devices (readings, device info), kept under
     /// [`EngineConfig::max_heap_per_shard`].
     heap_bytes: usize,
+    /// The frames applied since the journal last took them.
+    pub(crate) log: ShardLog,
 }
 
 impl Shard {
@@ -204,6 +207,7 @@ impl Shard {
         cfg: &EngineConfig,
         slots: &ExportSlots,
     ) -> Applied {
+        self.log.record(now_ms, a);
         let frame = &a.frame;
         let i = self.slot_for(frame.device_id, now_ms, cfg.max_devices_per_shard, slots);
         // Frames that can allocate (readings, device info) are measured, so
