@@ -205,6 +205,65 @@ impl Engine {
         shard.get(id).map(f)
     }
 
+    /// The ids of devices `keep` accepts, in order, above `after` (from the
+    /// first, without), skipping `skip` of them and returning at most
+    /// `take`. Costs about `skip + take` plus 256 per shard (a merge of the
+    /// shards' sorted ids, read 256 at a time under each lock), not the
+    /// fleet.
+    pub(crate) fn page_ids(
+        &self,
+        after: Option<u32>,
+        skip: usize,
+        take: usize,
+        keep: &dyn Fn(&Device) -> bool,
+    ) -> Vec<u32> {
+        use std::cmp::Reverse;
+        use std::collections::{BinaryHeap, VecDeque};
+        const LOOK: usize = 256;
+        struct Cursor {
+            buf: VecDeque<u32>,
+            last: Option<u32>,
+            done: bool,
+        }
+        let refill = |s: usize, c: &mut Cursor| {
+            let mut got = Vec::new();
+            while got.is_empty() && !c.done {
+                let shard = self.shards[s].lock();
+                c.last = shard.ids_after(c.last, LOOK, keep, &mut got);
+                c.done = c.last.is_none();
+            }
+            c.buf.extend(got);
+        };
+        let mut cursors: Vec<Cursor> = (0..self.shards.len())
+            .map(|_| Cursor { buf: VecDeque::new(), last: after, done: false })
+            .collect();
+        let mut heap = BinaryHeap::new();
+        for (s, c) in cursors.iter_mut().enumerate() {
+            refill(s, c);
+            if let Some(&id) = c.buf.front() {
+                heap.push(Reverse((id, s)));
+            }
+        }
+        let (mut out, mut skip) = (Vec::with_capacity(take.min(1 << 16)), skip);
+        while out.len() < take {
+            let Some(Reverse((id, s))) = heap.pop() else { break };
+            let c = &mut cursors[s];
+            c.buf.pop_front();
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                out.push(id);
+            }
+            if c.buf.is_empty() {
+                refill(s, c);
+            }
+            if let Some(&next) = c.buf.front() {
+                heap.push(Reverse((next, s)));
+            }
+        }
+        out
+    }
+
     /// Calls `f` for every device of each shard in turn, holding one shard's
     /// lock at a time. Keep `f` short: ingest on that shard waits.
     pub(crate) fn for_each_shard(&self, mut f: impl FnMut(&Shard)) {

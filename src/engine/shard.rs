@@ -61,6 +61,8 @@ impl ExportSlots {
 #[derive(Debug, Default)]
 pub(crate) struct Shard {
     index: HashMap<u32, u32>,
+    /// The ids, in order: listing pages cost the page, not the fleet.
+    sorted: std::collections::BTreeSet<u32>,
     devices: Vec<Device>,
     links: Vec<Link>,
     /// Most recently seen.
@@ -95,6 +97,31 @@ impl Shard {
     /// One device.
     pub(crate) fn get(&self, id: u32) -> Option<&Device> {
         self.index.get(&id).and_then(|&i| self.devices.get(i as usize))
+    }
+
+    /// Looks at up to `budget` ids above `after` (from the first, without),
+    /// in order, appending to `out` those of devices `keep` accepts.
+    /// Returns the last id looked at, or `None` when the shard has no more.
+    pub(crate) fn ids_after(
+        &self,
+        after: Option<u32>,
+        budget: usize,
+        keep: &dyn Fn(&Device) -> bool,
+        out: &mut Vec<u32>,
+    ) -> Option<u32> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        let mut last = None;
+        for (looked, &id) in self.sorted.range((from, Unbounded)).enumerate() {
+            if looked == budget {
+                return last;
+            }
+            if self.get(id).is_some_and(keep) {
+                out.push(id);
+            }
+            last = Some(id);
+        }
+        None
     }
 
     /// Heap bytes owned by the devices (readings, device info).
@@ -156,6 +183,7 @@ impl Shard {
         self.totals.pending = self.totals.pending.saturating_sub(gone.seq.pending());
         self.links.pop();
         self.index.remove(&gone.id);
+        self.sorted.remove(&gone.id);
         if gone.exported {
             slots.give_back();
         }
@@ -176,6 +204,7 @@ impl Shard {
         self.devices.push(Device::new(id, now_ms));
         self.links.push(Link { prev: NIL, next: NIL });
         self.index.insert(id, i);
+        self.sorted.insert(id);
         self.push_front(i);
         self.totals.devices_created += 1;
         i
@@ -190,6 +219,7 @@ impl Shard {
         self.heap_bytes += d.heap_bytes();
         let i = self.devices.len() as u32;
         self.index.insert(d.id, i);
+        self.sorted.insert(d.id);
         self.devices.push(d);
         self.links.push(Link { prev: NIL, next: NIL });
         // Restored in least-recent-first order, so each goes to the front.

@@ -224,7 +224,7 @@ async fn index(State(st): State<Arc<HttpState>>) -> Html<String> {
          <ul><li><a href=\"/map\">/map</a> (live map)</li>\
          <li><a href=\"/metrics\">/metrics</a> (Prometheus)</li>\
          <li><a href=\"/api/summary\">/api/summary</a> (fleet totals)</li>\
-         <li><a href=\"/api/devices\">/api/devices</a> (devices; ?limit=&amp;offset=&amp;online=true)</li>\
+         <li><a href=\"/api/devices\">/api/devices</a> (devices; ?limit=&amp;offset=&amp;after=&amp;online=true)</li>\
          <li><code>/api/devices/{{id}}</code> (one device in full)</li>\
          <li><a href=\"/api/positions.geojson\">/api/positions.geojson</a> (last positions)</li>\
          <li><code>/api/stream</code> (Server-Sent Events), <code>/api/ws</code> (WebSocket): the live stream</li>\
@@ -291,6 +291,8 @@ async fn summary(State(st): State<Arc<HttpState>>) -> Json<Value> {
 struct ListQuery {
     limit: Option<usize>,
     offset: Option<usize>,
+    /// Keyset paging: devices with an id above this one.
+    after: Option<u32>,
     online: Option<bool>,
 }
 
@@ -309,32 +311,24 @@ async fn devices(
         let offset = q.offset.unwrap_or(0);
         let now = now_ms();
         let off = st.engine.config();
-        // The offset + limit smallest ids, kept in a bounded heap while each
-        // shard is walked (no list of every id, no sort of it), then the
-        // page's devices.
-        let keep = offset.saturating_add(limit);
-        let mut smallest = std::collections::BinaryHeap::with_capacity(keep.min(1 << 16) + 1);
-        let mut total = 0usize;
-        st.engine.for_each_shard(|s| {
-            for d in s.devices().iter().filter(|d| q.online.is_none_or(|o| d.online(now, off) == o))
-            {
-                total += 1;
-                if smallest.len() < keep {
-                    smallest.push(d.id);
-                } else if smallest.peek().is_some_and(|top| d.id < *top) {
-                    smallest.pop();
-                    smallest.push(d.id);
-                }
-            }
-        });
-        let ids = smallest.into_sorted_vec();
+        // A merge of the shards' sorted ids: the page costs its offset and
+        // length, not the fleet. The total of an `online=` filter is the
+        // count of the last upkeep tick (at most a second old).
+        let keep = |d: &crate::engine::Device| q.online.is_none_or(|o| d.online(now, off) == o);
+        let ids = st.engine.page_ids(q.after, offset, limit, &keep);
+        let sum = st.engine.summary();
+        let total = match q.online {
+            None => sum.devices,
+            Some(true) => sum.totals.online,
+            Some(false) => sum.devices.saturating_sub(sum.totals.online),
+        };
+        let next_after = (ids.len() == limit).then(|| ids.last().copied()).flatten();
         let page: Vec<Brief> = ids
             .iter()
-            .skip(offset)
             .filter_map(|id| st.engine.with_device(*id, |d| Brief::of(d, now, off)))
             .collect();
         let page: Vec<Value> = page.iter().map(Brief::json).collect();
-        json!({"total": total, "offset": offset, "limit": limit, "devices": page})
+        json!({"total": total, "offset": offset, "limit": limit, "next_after": next_after, "devices": page})
     })
     .await;
     match r {
@@ -539,7 +533,7 @@ mod tests {
     fn handlers_only_copy_under_the_shard_lock() {
         let st = state();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-        let q = |limit| ListQuery { limit: Some(limit), offset: None, online: None };
+        let q = |limit| ListQuery { limit: Some(limit), offset: None, after: None, online: None };
         let h = Arc::new(Heavy::new(&Registry::new()));
         let heavy = || Extension(h.clone());
         let call = |r: Response| {
