@@ -15,6 +15,11 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// Length of the QUIC endpoint secret, bytes.
+pub(crate) const QUIC_SECRET_LEN: usize = 32;
+/// The QUIC endpoint secret's file in the data dir.
+pub(crate) const QUIC_SECRET_FILE: &str = "quic.secret";
+
 /// URI prefix of the device id SAN.
 pub(crate) const DEVICE_URI_PREFIX: &str = "urn:fleetwire:device:";
 
@@ -43,6 +48,17 @@ pub enum CertError {
     /// The files exist already (and `--force` was not given).
     #[error("{0} exists already; use --force to overwrite")]
     Exists(PathBuf),
+    /// The QUIC secret file does not hold a secret.
+    #[error(
+        "{path}: {len} bytes, not a QUIC secret ({QUIC_SECRET_LEN} bytes); remove it and a new \
+         one is made (the connections of before are then not reset)"
+    )]
+    BadSecret {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
@@ -219,6 +235,66 @@ pub(crate) fn dev_certificate(
     Ok((chain.remove(0), key))
 }
 
+/// The QUIC endpoint's secret, `<data_dir>/quic.secret`: 32 random bytes
+/// made on first use (mode 0600 from the start, written to a temporary
+/// file, synced and renamed into place, so a crash never leaves half a
+/// secret), read as they are afterwards. The keys of stateless resets and
+/// of connection-id validation derive from it, so that a restarted server
+/// recognises the connection ids it issued before and answers packets of
+/// those connections with a stateless reset their peers accept. Servers
+/// given the same file reset each other's connections.
+pub(crate) fn quic_secret(data_dir: &Path) -> Result<[u8; QUIC_SECRET_LEN], CertError> {
+    let path = data_dir.join(QUIC_SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path).map(|m| m.permissions().mode()).unwrap_or(0);
+                if mode & 0o077 != 0 {
+                    tracing::warn!(file = %path.display(), mode = format!("{:o}", mode & 0o777),
+                        "the QUIC secret is readable by others: chmod 600 it");
+                }
+            }
+            return bytes
+                .try_into()
+                .map_err(|b: Vec<u8>| CertError::BadSecret { path, len: b.len() });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&path)(e)),
+    }
+    let mut secret = [0u8; QUIC_SECRET_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| io(&path)(std::io::Error::other("no random bytes from the system")))?;
+    let tmp = data_dir.join(format!("{QUIC_SECRET_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    write_new_private(&tmp, &secret)?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    if let Ok(d) = std::fs::File::open(data_dir) {
+        let _ = d.sync_all();
+    }
+    tracing::info!(file = %path.display(), "made the QUIC secret (stateless resets after a restart)");
+    Ok(secret)
+}
+
+/// Creates `path` (which must not exist) with mode 0600, writes `bytes`
+/// and syncs it.
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), CertError> {
+    use std::io::Write;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(path))
+}
+
 /// Loads a PEM certificate chain and a PEM private key.
 pub(crate) fn load_chain_and_key(
     cert: &Path,
@@ -266,6 +342,27 @@ pub(crate) fn device_id_of(cert: &CertificateDer<'_>) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quic_secret_is_made_once_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let first = quic_secret(&data).unwrap();
+        let file = data.join(QUIC_SECRET_FILE);
+        assert_eq!(std::fs::read(&file).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(!data.join(format!("{QUIC_SECRET_FILE}.tmp")).exists());
+        assert_eq!(quic_secret(&data).unwrap(), first, "a second start reads the same secret");
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(quic_secret(other.path()).unwrap(), first);
+        std::fs::write(&file, b"short").unwrap();
+        assert!(matches!(quic_secret(&data), Err(CertError::BadSecret { len: 5, .. })));
+    }
 
     #[test]
     fn init_and_device_certificates_chain_and_name_the_device() {

@@ -433,3 +433,183 @@ fn address_validation_and_the_connection_limit() {
     });
     assert_eq!(s.json("/api/summary")["devices"], 6);
 }
+
+/// A `fleetwire serve` binary on a QUIC port chosen by the test (so that a
+/// restarted server is on the same port: `Server::start_in` takes port 0).
+struct Fixed {
+    child: std::process::Child,
+    http: std::net::SocketAddr,
+    /// When its QUIC endpoint said it was listening.
+    quic_ready: std::time::Instant,
+}
+
+impl Drop for Fixed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A UDP port of 127.0.0.1 that is free now.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn serve_on_quic_port(dir: &Path, port: u16) -> Fixed {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .args(["--udp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--quic-listen", &format!("127.0.0.1:{port}")])
+        .args(["--teltonika-listen", "off", "--osmand-listen", "off", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send((std::time::Instant::now(), line));
+        }
+    });
+    let (mut http, mut quic_ready, mut log) = (None, None, Vec::new());
+    while http.is_none() || quic_ready.is_none() {
+        let Ok((at, line)) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("server did not start:\n{}", log.join("\n"));
+        };
+        if line.contains("listening") && line.contains("transport=\"quic\"") {
+            quic_ready = Some(at);
+        }
+        if line.contains("listening") && line.contains("transport=\"http\"") {
+            http =
+                line.split("addr=").nth(1).and_then(|a| a.split_whitespace().next()?.parse().ok());
+        }
+        log.push(line);
+    }
+    Fixed { child, http: http.unwrap(), quic_ready: quic_ready.unwrap() }
+}
+
+impl Fixed {
+    fn json(&self, path: &str) -> serde_json::Value {
+        let body = ureq::get(&format!("http://{}{path}", self.http))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn wait_quic(&self, n: u64, secs: u64) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            let r = &self.json("/api/summary")["datagrams"]["quic"]["received"];
+            if r.as_u64().unwrap_or(0) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn kill(mut self) -> std::time::Instant {
+        unsafe_kill(self.child.id(), "KILL");
+        let _ = self.child.wait();
+        std::time::Instant::now()
+    }
+}
+
+/// A process's stdout lines as JSON, with the moment each was read.
+fn json_lines(
+    out: std::process::ChildStdout,
+) -> std::sync::mpsc::Receiver<(std::time::Instant, serde_json::Value)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+            let _ = tx.send((std::time::Instant::now(), v));
+        }
+    });
+    rx
+}
+
+/// Issue 17 item 6: a device connected over QUIC (aioquic, which shares
+/// nothing with quinn) while the server is SIGKILLed and restarted on the
+/// same data dir and port learns of it at its next packet, from the
+/// restarted server's stateless reset, and reconnects. Before, the
+/// restarted server had new random keys: it dropped the packets of the old
+/// connection as carrying an invalid connection id, sent no reset, and the
+/// client kept sending into the dead connection until its idle timeout
+/// (60 s).
+#[test]
+fn an_aioquic_client_learns_of_a_crash_and_restart_from_a_stateless_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let s = serve_on_quic_port(dir.path(), port);
+    let script = format!("{}/tests/interop/aioquic_client.py", env!("CARGO_MANIFEST_DIR"));
+    let ca = dir.path().join("dev-cert.pem");
+    let mut client = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--port", &port.to_string(), "--ca", ca.to_str().unwrap(), "--device", "31338"])
+        .args(["--restart", "--interval", "0.2", "--wait", "10", "--after", "10"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("python3 with aioquic (scripts/setup.sh installs it)");
+    let events = json_lines(client.stdout.take().unwrap());
+    let next = |secs| events.recv_timeout(Duration::from_secs(secs)).expect("client event");
+    assert_eq!(next(30).1["event"], "connected");
+    assert!(s.wait_quic(3, 10), "the client's frames did not arrive");
+    let killed = s.kill();
+    let s = serve_on_quic_port(dir.path(), port);
+    let (at, event) = next(30);
+    assert_eq!(event["event"], "reset", "{event}");
+    let after_ready = at.saturating_duration_since(s.quic_ready);
+    eprintln!(
+        "stateless reset seen by the client {:?} after the restarted server listened, \
+         {:?} after SIGKILL",
+        after_ready,
+        at - killed
+    );
+    assert!(after_ready < Duration::from_millis(1500), "{after_ready:?}");
+    assert_eq!(next(30).1["event"], "reconnected");
+    assert!(client.wait().unwrap().success());
+    assert!(s.wait_quic(10, 10), "the frames sent after reconnecting did not arrive");
+    assert_eq!(s.json("/api/devices/31338")["sequence"]["received"], 10);
+}
+
+/// `fleetwire sim` over QUIC through a SIGKILL and restart of the server:
+/// the restarted server resets its connections, sim reconnects them, and
+/// every device's frames reach the new server (before, sim kept sending
+/// into the dead connections: the new server received nothing).
+#[test]
+fn sim_reconnects_after_the_server_crashed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let s = serve_on_quic_port(dir.path(), port);
+    let ca = dir.path().join("dev-cert.pem");
+    let sim = std::process::Command::new(BIN)
+        .args(["sim", "--json", "--target", &format!("127.0.0.1:{port}"), "--transport", "quic"])
+        .args(["--ca", ca.to_str().unwrap(), "--devices", "3", "--first-id", "600"])
+        .args(["--rate", "10", "--duration", "12"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(s.wait_quic(9, 20), "sim's frames did not arrive");
+    s.kill();
+    let s = serve_on_quic_port(dir.path(), port);
+    assert!(s.wait_quic(9, 8), "no frames from sim after the restart");
+    assert_eq!(s.json("/api/summary")["devices"], 3);
+    let out = sim.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("reconnecting"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["errors"], 0, "{summary}");
+}

@@ -1,6 +1,9 @@
 //! Sending frames over QUIC: one connection per device, frames as DATAGRAM
 //! frames (with backpressure) or as length-prefixed records on one
-//! unidirectional stream per device.
+//! unidirectional stream per device. A connection the server reset (it
+//! restarted and lost it: a stateless reset, RFC 9000 section 10.3) or
+//! that timed out is replaced by a new one at the device's next frame, as
+//! PROTOCOL.md section 8 tells devices to do.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,6 +54,18 @@ pub(crate) struct QuicSink {
     failed: std::collections::HashSet<u32>,
     /// Connections that could not be established.
     pub connect_errors: u64,
+    /// Connections replaced by a new one after the server reset them or
+    /// they timed out.
+    pub reconnects: u64,
+}
+
+/// Why a connection ended, when a new connection may help: the server
+/// reset it (it no longer knows it: it restarted) or it timed out.
+fn lost(conn: &quinn::Connection) -> Option<quinn::ConnectionError> {
+    match conn.close_reason() {
+        Some(e @ (quinn::ConnectionError::Reset | quinn::ConnectionError::TimedOut)) => Some(e),
+        _ => None,
+    }
 }
 
 impl QuicSink {
@@ -74,12 +89,23 @@ impl QuicSink {
             conns: HashMap::new(),
             failed: Default::default(),
             connect_errors: 0,
+            reconnects: 0,
         })
     }
 
     async fn conn(&mut self, device: u32) -> std::io::Result<&mut Conn> {
         if self.failed.contains(&device) {
             return Err(std::io::Error::other("the connection of this device failed"));
+        }
+        if let Some(reason) = self.conns.get(&device).and_then(|c| lost(&c.conn)) {
+            self.conns.remove(&device);
+            self.reconnects += 1;
+            if self.reconnects == 1 {
+                tracing::info!(device, %reason, "QUIC connection lost (did the server restart?): \
+                    reconnecting (further reconnects at debug level)");
+            } else {
+                tracing::debug!(device, %reason, "QUIC connection lost: reconnecting");
+            }
         }
         if !self.conns.contains_key(&device) {
             let connecting = self
@@ -104,8 +130,8 @@ impl QuicSink {
     }
 }
 
-impl Sink for QuicSink {
-    async fn send(&mut self, device: u32, bytes: &[u8]) -> std::io::Result<()> {
+impl QuicSink {
+    async fn send_once(&mut self, device: u32, bytes: &[u8]) -> std::io::Result<()> {
         let c = self.conn(device).await?;
         match &mut c.stream {
             Some(s) => {
@@ -129,6 +155,19 @@ impl Sink for QuicSink {
                     c.conn.send_datagram_wait(b).await.map_err(std::io::Error::other)
                 }
             }
+        }
+    }
+}
+
+impl Sink for QuicSink {
+    async fn send(&mut self, device: u32, bytes: &[u8]) -> std::io::Result<()> {
+        match self.send_once(device, bytes).await {
+            // Reset (or timed out) while this frame was being sent: once
+            // more, on a new connection.
+            Err(_) if self.conns.get(&device).is_some_and(|c| lost(&c.conn).is_some()) => {
+                self.send_once(device, bytes).await
+            }
+            r => r,
         }
     }
 
@@ -210,6 +249,9 @@ impl Sink for QuicSink {
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
         tracing::debug!(elapsed = ?t.elapsed(), "QUIC connections closed");
+        if self.reconnects > 0 {
+            tracing::info!(reconnects = self.reconnects, "QUIC connections re-established");
+        }
         match refused.first() {
             None => Ok(()),
             Some(r) => Err(std::io::Error::other(format!(

@@ -30,6 +30,13 @@ pub(crate) const STREAM_WINDOW: u32 = 32 * 1024;
 /// Flow-control window of a connection (all its streams), bytes.
 pub(crate) const CONNECTION_WINDOW: u32 = 64 * 1024;
 
+/// Shortest time between two stateless resets the endpoint sends (quinn's
+/// default, 20 ms, allows 50 a second for all peers together: after a
+/// restart, 100,000 devices would take half an hour to all hear of it). A
+/// reset is always smaller than the packet that caused it, so this only
+/// bounds the rate of replies, not their size.
+const RESET_INTERVAL: Duration = Duration::from_micros(100);
+
 /// Application close code for a client that negotiated no ALPN: 0x178,
 /// the value QUIC gives the TLS alert no_application_protocol (0x100 + 120)
 /// that a client offering another ALPN gets.
@@ -53,7 +60,8 @@ pub(crate) struct QuicConfig {
     /// Certificate chain and key files (PEM); `None` = the development
     /// certificate in `data_dir`.
     pub(crate) cert: Option<(PathBuf, PathBuf)>,
-    /// Where the development certificate lives.
+    /// Where the development certificate and the endpoint's secret
+    /// (`quic.secret`) live.
     pub(crate) data_dir: PathBuf,
     /// Client certificate policy.
     pub(crate) client_auth: ClientAuth,
@@ -83,6 +91,10 @@ pub enum StartError {
     /// The development certificate could not be made or read in the data dir.
     #[error("development certificate: {0}")]
     DevCertificate(CertError),
+    /// The endpoint's secret (`quic.secret`) could not be made or read in
+    /// the data dir.
+    #[error("QUIC secret: {0}")]
+    Secret(CertError),
     /// rustls refused the TLS configuration (a key that does not match its
     /// certificate, a CA that cannot verify anything).
     #[error("TLS configuration: {0}")]
@@ -307,6 +319,32 @@ fn server_config(cfg: &QuicConfig) -> Result<quinn::ServerConfig, StartError> {
     Ok(server)
 }
 
+/// The endpoint configuration: its stateless-reset key and the key that
+/// makes and checks its connection ids derive from `secret` (the data
+/// dir's `quic.secret`), so that after a crash and restart the server
+/// still takes the connection ids it issued before for its own (quinn's
+/// default keys are random per start: a packet of an old connection was
+/// dropped as an invalid id) and answers them with a stateless reset that
+/// matches the token the peer got (RFC 9000 section 10.3): the peer closes
+/// the dead connection at its next packet instead of after its idle
+/// timeout.
+fn endpoint_config(secret: &[u8; certs::QUIC_SECRET_LEN]) -> quinn::EndpointConfig {
+    use ring::hmac;
+    let master = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let derive = |label: &str| hmac::sign(&master, label.as_bytes());
+    let reset = derive("fleetwire/1 QUIC stateless reset key");
+    let mut cfg =
+        quinn::EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())));
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derive("fleetwire/1 QUIC connection id key").as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    cfg.min_reset_interval(RESET_INTERVAL);
+    cfg
+}
+
 impl QuicEndpoint {
     /// Registers the QUIC series and starts the endpoint on `socket`.
     pub(crate) fn start(
@@ -316,9 +354,10 @@ impl QuicEndpoint {
         registry: &Registry,
     ) -> Result<QuicEndpoint, StartError> {
         let server = server_config(cfg)?;
+        let secret = certs::quic_secret(&cfg.data_dir).map_err(StartError::Secret)?;
         let metrics = QuicMetrics::register(registry, inode(&socket.socket));
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config(&secret),
             Some(server),
             socket.socket,
             Arc::new(quinn::TokioRuntime),

@@ -9,9 +9,21 @@ It opens one connection with ALPN fleetwire/1, verifies the server against
 and --stream-frames Monitoring frames on one unidirectional stream (u16
 big-endian length prefixes, PROTOCOL.md section 8), waits until the server
 has acknowledged everything, and prints a JSON summary.
+
+With --restart it is a device that stays connected while the server
+crashes and restarts: it sends a Position frame every --interval seconds on
+one connection and prints a JSON line per event as it happens
+({"event": "connected"}, then {"event": "reset"} when the restarted server
+answers with a stateless reset, or {"event": "no_reset"} after --wait
+seconds), then connects again, as a device should, sends --after frames on
+the new connection and prints {"event": "reconnected"}. aioquic does not
+detect stateless resets itself (a reset is a packet it cannot decrypt,
+which it drops, so the dead connection stays open until its idle timeout):
+ResetAware does what RFC 9000 section 10.3.1 asks of an endpoint.
 """
 import argparse
 import asyncio
+import hmac
 import json
 import os
 import sys
@@ -22,7 +34,10 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "sdk", "python", "src"))
 
 from fleetwire import wire as fw  # noqa: E402
 from aioquic.asyncio import connect  # noqa: E402
+from aioquic.asyncio.protocol import QuicConnectionProtocol  # noqa: E402
+from aioquic.quic import events  # noqa: E402
 from aioquic.quic.configuration import QuicConfiguration  # noqa: E402
+from aioquic.quic.packet import QuicErrorCode  # noqa: E402
 
 
 def position(device, seq, i):
@@ -39,6 +54,70 @@ def monitoring(device, seq, i):
         "monitoring": {"battery_pct": 90, "supply_mv": 12000, "temperature_cdeg": 2150, "rssi_dbm": -70,
                        "uptime_s": i, "readings": [{"name": "interop", "value": float(i)}]},
     }
+
+
+class ResetAware(QuicConnectionProtocol):
+    """A client connection that detects stateless resets (RFC 9000 section
+    10.3.1): a datagram of at least 21 bytes with a short header whose last
+    16 bytes are the stateless reset token the server gave with one of its
+    connection ids (in its transport parameters or a NEW_CONNECTION_ID frame)
+    ends the connection at once, and nothing more is sent on it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reset = asyncio.Event()
+
+    def _tokens(self):
+        quic = self._quic
+        cids = [quic._peer_cid] + list(quic._peer_cid_available)
+        return [c.stateless_reset_token for c in cids if c.stateless_reset_token]
+
+    def datagram_received(self, data, addr):
+        if len(data) >= 21 and not data[0] & 0x80 and any(
+            hmac.compare_digest(data[-16:], t) for t in self._tokens()
+        ):
+            quic = self._quic
+            quic._close_event = events.ConnectionTerminated(
+                error_code=QuicErrorCode.NO_ERROR, frame_type=None, reason_phrase="stateless reset"
+            )
+            quic._close_end()  # TERMINATED: no packet is sent any more
+            self._process_events()
+            self.transmit()  # only clears the timer
+            self.reset.set()
+            return
+        super().datagram_received(data, addr)
+
+
+def emit(event, **fields):
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def restart(a, config):
+    """Stays connected through a server restart: see the module doc."""
+    seq = 0
+    async with connect(a.host, a.port, configuration=config, create_protocol=ResetAware) as client:
+        emit("connected")
+        deadline = time.monotonic() + a.wait
+        while not client.reset.is_set() and time.monotonic() < deadline:
+            client._quic.send_datagram_frame(fw.encode(position(a.device, seq, seq)))
+            seq += 1
+            client.transmit()
+            try:
+                await asyncio.wait_for(client.reset.wait(), timeout=a.interval)
+            except asyncio.TimeoutError:
+                pass
+        if not client.reset.is_set():
+            emit("no_reset", waited_s=a.wait, sent=seq)
+            return
+        emit("reset", sent=seq)
+    async with connect(a.host, a.port, configuration=config) as client:
+        for _ in range(a.after):
+            client._quic.send_datagram_frame(fw.encode(position(a.device, seq, seq)))
+            seq += 1
+        client.transmit()
+        # Acknowledged after the datagrams sent before it arrived.
+        await asyncio.wait_for(client.ping(), timeout=5)
+        emit("reconnected", datagrams=a.after)
 
 
 async def refused(a, config):
@@ -68,6 +147,11 @@ async def main():
     ap.add_argument("--stream-frames", type=int, default=50)
     ap.add_argument("--alpn", default="fleetwire/1",
                     help="the ALPN to offer ('none': offer none); anything but fleetwire/1 must be refused")
+    ap.add_argument("--restart", action="store_true",
+                    help="stay connected through a server restart (see the module doc)")
+    ap.add_argument("--interval", type=float, default=0.2, help="--restart: seconds between frames")
+    ap.add_argument("--wait", type=float, default=10.0, help="--restart: longest wait for a reset, seconds")
+    ap.add_argument("--after", type=int, default=10, help="--restart: frames sent after reconnecting")
     a = ap.parse_args()
 
     alpn_protocols = None if a.alpn == "none" else [a.alpn]
@@ -76,6 +160,9 @@ async def main():
     config.server_name = "localhost"
     if a.alpn != "fleetwire/1":
         print(json.dumps(await refused(a, config)))
+        return
+    if a.restart:
+        await restart(a, config)
         return
     sent_datagrams = 0
     async with connect(a.host, a.port, configuration=config) as client:
