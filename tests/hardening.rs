@@ -850,3 +850,103 @@ fn sigterm_and_sighup_during_start_up_are_handled() {
     let st = wait_exit(&mut child, 30);
     assert_eq!(st.map(|s| s.code()), Some(Some(0)));
 }
+
+/// Issue 17 item 4: one frame dated 2100, or one fix dated 4 minutes ahead,
+/// must not hold a device's state in the future: the honest frames after
+/// it update battery, last event, reading statistics, position and
+/// odometer, before and after a restart through the snapshot.
+#[test]
+fn a_far_future_timestamp_does_not_poison_a_device() {
+    use fleetwire_proto::{Monitoring, Reading, Seq};
+    const Y2100: u64 = 4_102_444_800_000;
+    let now = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64
+    };
+    let sock = udp_sender();
+    let send = |s: &Server, f: Frame<'_>| {
+        let base = s.received("udp");
+        sock.send_to(&bytes(&f), s.udp).unwrap();
+        s.wait_received("udp", base + 1);
+    };
+    let monitoring = |device, seq, t, battery: u8, temp: f64| {
+        let r = [Reading { name: "temp", value: temp }];
+        let m = Monitoring {
+            battery_pct: Some(battery),
+            readings: Seq::from_slice(&r),
+            ..Monitoring::EMPTY
+        };
+        bytes(&Frame::new(device, seq, t, Body::Monitoring(m)))
+    };
+    let event = |device, seq, t, code| {
+        Frame::new(
+            device,
+            seq,
+            t,
+            Body::Event(Event { code, severity: Severity::Warning, text: None }),
+        )
+    };
+    // 50 m north per step.
+    let fix = |device, seq: u32, t, step: u32| {
+        let mut f = position(device, seq);
+        f.timestamp_ms = t;
+        if let Body::Position(p) = &mut f.body {
+            p.lat_e7 = 481_372_000 + step as i32 * 4_497;
+        }
+        f
+    };
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::in_process_in(data.path(), &[]);
+    let send_raw = |s: &Server, d: Vec<u8>| {
+        let base = s.received("udp");
+        sock.send_to(&d, s.udp).unwrap();
+        s.wait_received("udp", base + 1);
+    };
+
+    // Device 700: a Monitoring frame and an Event dated 2100, then honest ones.
+    send_raw(&s, monitoring(700, 0, Y2100, 5, 99.0));
+    send(&s, event(700, 1, Y2100, 7));
+    for i in 0..5u32 {
+        send_raw(&s, monitoring(700, 2 + i, now(), 80 - i as u8, 20.0 + f64::from(i)));
+    }
+    send(&s, event(700, 7, now(), 8));
+    // Device 701: a fix, one dated 4 minutes ahead, then 10 honest fixes.
+    let t0 = now();
+    send(&s, fix(701, 0, t0, 0));
+    send(&s, fix(701, 1, t0 + 1_000 + 240_000, 1));
+    for i in 2..=11u32 {
+        send(&s, fix(701, i, t0 + u64::from(i) * 1_000, i));
+    }
+    let check = |s: &Server, battery: u64, code: u64| {
+        let d = s.json("/api/devices/700");
+        assert_eq!(d["health"]["battery_pct"], battery, "battery frozen: {d}");
+        assert!(d["health"]["time_ms"].as_u64().unwrap() <= now(), "{d}");
+        assert_eq!(d["last_event"]["code"], code, "last event stuck: {d}");
+        let st = &d["readings"][0]["stats"];
+        assert_eq!((st["count"].as_u64(), st["last"].as_f64()), (Some(6), Some(24.0)), "{d}");
+        let d = s.json("/api/devices/701");
+        let odo = d["track"]["odometer_m"].as_f64().unwrap();
+        assert!((odo - 550.0).abs() < 5.0, "odometer {odo} m: {d}");
+        assert_eq!(d["position"]["time_ms"], t0 + 11_000, "{d}");
+        assert_eq!(d["counts"]["filtered"], 0, "{d}");
+    };
+    check(&s, 76, 8);
+    // Device 702: a fix 4 minutes ahead just before the restart.
+    let t1 = now();
+    send(&s, fix(702, 0, t1, 0));
+    send(&s, fix(702, 1, t1 + 240_000, 1));
+    s.stop();
+
+    let s = Server::in_process_in(data.path(), &[]);
+    check(&s, 76, 8);
+    send_raw(&s, monitoring(700, 8, now(), 70, 25.0));
+    send(&s, event(700, 9, now(), 9));
+    assert_eq!(s.json("/api/devices/700")["health"]["battery_pct"], 70);
+    assert_eq!(s.json("/api/devices/700")["last_event"]["code"], 9);
+    let t2 = now();
+    send(&s, fix(702, 2, t2, 2));
+    send(&s, fix(702, 3, t2 + 1_000, 3));
+    let d = s.json("/api/devices/702");
+    assert_eq!(d["position"]["time_ms"], t2 + 1_000, "{d}");
+    assert!((d["track"]["odometer_m"].as_f64().unwrap() - 150.0).abs() < 5.0, "{d}");
+}
