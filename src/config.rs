@@ -229,7 +229,7 @@ impl Default for Config {
 pub enum ConfigError {
     /// The file, an environment variable or a flag could not be read as the
     /// key's type, or names an unknown key.
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Parse(#[from] Box<figment::Error>),
     /// A value was read but is not allowed.
     #[error("invalid value for `{key}`: {reason}")]
@@ -242,6 +242,67 @@ pub enum ConfigError {
     /// The config file named on the command line does not exist.
     #[error("config file {0} not found")]
     MissingFile(PathBuf),
+}
+
+/// The name of the command-line layer (see [`Flags`]).
+const FLAGS: &str = "command-line flags";
+
+/// Command-line flags as a configuration layer, named so that an error
+/// points at the flag rather than at the code that merged them.
+struct Flags<'a, T>(&'a T);
+
+impl<T: Serialize> figment::Provider for Flags<'_, T> {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(FLAGS)
+    }
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(self.0).data()
+    }
+}
+
+/// Figment's errors in the words of this configuration: the key as it is
+/// written in the file (`offline_after`, `forward.nats.url`), and where the
+/// value came from (the file, the environment variable, the flag), without
+/// figment's profile prefix (`default.`) or code locations.
+fn describe(e: &figment::Error) -> String {
+    let all: Vec<String> = e.clone().into_iter().map(|e| describe_one(&e)).collect();
+    all.join("; ")
+}
+
+fn describe_one(e: &figment::Error) -> String {
+    use figment::error::Kind;
+    let key = e.path.join(".");
+    if let Kind::UnknownField(field, _) = &e.kind {
+        // The path names the field already, or (in some cases) its table.
+        let key = match e.path.last() {
+            Some(last) if last == field => key,
+            Some(_) => format!("{key}.{field}"),
+            None => field.clone(),
+        };
+        return format!("unknown key `{key}`{}", origin(e, &key));
+    }
+    if key.is_empty() {
+        return format!("{}{}", e.kind, origin(e, &key));
+    }
+    format!("invalid value for `{key}`{}: {}", origin(e, &key), e.kind)
+}
+
+/// " (in <file>)", " (environment variable FLEETWIRE_<KEY>)", " (flag --<key>)".
+fn origin(e: &figment::Error, key: &str) -> String {
+    let Some(md) = &e.metadata else { return String::new() };
+    match &md.source {
+        Some(figment::Source::File(p)) => format!(" (in {})", p.display()),
+        _ if md.name == FLAGS && !key.is_empty() => {
+            format!(" (flag --{})", key.replace(['.', '_'], "-"))
+        }
+        _ if md.name.contains("environment") && !key.is_empty() => format!(
+            " (environment variable FLEETWIRE_{})",
+            key.to_ascii_uppercase().replace('.', "__")
+        ),
+        _ => format!(" (from {})", md.name),
+    }
 }
 
 /// A listen address setting: an address, or disabled.
@@ -275,7 +336,7 @@ impl Config {
                     .ignore(&["config", "auth_key", "state_dir", "tail_server"])
                     .split("__"),
             )
-            .merge(Serialized::defaults(overrides));
+            .merge(Flags(overrides));
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)
@@ -298,6 +359,7 @@ impl Config {
             return inv("offline_after_max", "must be at least offline_after");
         }
         self.validate_http()?;
+        self.validate_sizes()?;
         if self.teltonika_ack == TeltonikaAck::Published && !self.forward.nats.enabled() {
             return inv(
                 "teltonika_ack",
@@ -318,9 +380,6 @@ impl Config {
         }
         if self.series_ttl.is_zero() {
             return inv("series_ttl", "must be longer than 0s");
-        }
-        if self.max_devices == 0 {
-            return inv("max_devices", "must be at least 1");
         }
         if !(self.max_speed.is_finite() && self.max_speed > 0.0) {
             return inv("max_speed", "must be a positive number of m/s");
@@ -349,9 +408,6 @@ impl Config {
         if self.quic_cert.as_os_str().is_empty() != self.quic_key.as_os_str().is_empty() {
             return inv("quic_key", "quic_cert and quic_key go together");
         }
-        if self.quic_max_connections == 0 {
-            return inv("quic_max_connections", "must be at least 1");
-        }
         if self.udp_auth != UdpAuth::Off && self.keys_file.as_os_str().is_empty() {
             return inv("keys_file", "is required when udp_auth is optional or required");
         }
@@ -366,11 +422,32 @@ impl Config {
         if !(self.rate_limit_burst.is_finite() && self.rate_limit_burst >= 1.0) {
             return inv("rate_limit_burst", "must be at least 1");
         }
-        if self.rate_limit_sources == 0 {
-            return inv("rate_limit_sources", "must be at least 1");
-        }
         if let Err((key, reason)) = self.forward.nats.validate() {
             return inv(key, reason);
+        }
+        Ok(())
+    }
+
+    /// Every size and count against a sane maximum: what is allocated
+    /// grows with use, but a bound far beyond any machine is a mistake
+    /// (or a typo) better said at start than found out later.
+    fn validate_sizes(&self) -> Result<(), ConfigError> {
+        const GIB: usize = 1 << 30;
+        let sizes: [(&'static str, usize, usize, usize); 8] = [
+            ("max_devices", self.max_devices, 1, 100_000_000),
+            ("max_exported_devices", self.max_exported_devices, 0, 1_000_000),
+            ("auto_register_limit", self.auto_register_limit, 0, 10_000_000),
+            ("max_reading_memory", self.max_reading_memory, 0, 64 * GIB),
+            ("udp_recv_buffer", self.udp_recv_buffer, 0, GIB),
+            ("quic_max_connections", self.quic_max_connections, 1, 1_000_000),
+            ("quic_datagram_buffer", self.quic_datagram_buffer, 0, 16 << 20),
+            ("rate_limit_sources", self.rate_limit_sources, 1, 16 << 20),
+        ];
+        for (key, v, min, max) in sizes {
+            if !(min..=max).contains(&v) {
+                let reason = format!("must be {min} to {max}");
+                return Err(ConfigError::Invalid { key, reason });
+            }
         }
         Ok(())
     }
@@ -561,6 +638,49 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("udp_listen"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn sizes_and_urls_out_of_reason_are_refused_naming_the_key() {
+        use serde_json::json;
+        let nats = |extra: serde_json::Value| {
+            let mut n = json!({"url": "nats://127.0.0.1:4222"});
+            n.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            json!({"forward": {"nats": n}})
+        };
+        let cases = [
+            (json!({"rate_limit_sources": 1_000_000_000_000_000u64}), "rate_limit_sources"),
+            (json!({"rate_limit_sources": 0}), "rate_limit_sources"),
+            (json!({"max_devices": 1_000_000_000_000_000u64}), "max_devices"),
+            (json!({"max_exported_devices": 1_000_000_000_000u64}), "max_exported_devices"),
+            (json!({"auto_register_limit": 1_000_000_000_000u64}), "auto_register_limit"),
+            (json!({"udp_recv_buffer": 1_000_000_000_000u64}), "udp_recv_buffer"),
+            (json!({"max_reading_memory": 1_000_000_000_000_000u64}), "max_reading_memory"),
+            (json!({"quic_max_connections": 1_000_000_000_000u64}), "quic_max_connections"),
+            (json!({"quic_datagram_buffer": 1_000_000_000_000u64}), "quic_datagram_buffer"),
+            (nats(json!({"buffer": 1_000_000_000_000u64})), "forward.nats.buffer"),
+            (nats(json!({"max_bytes": -1})), "forward.nats.max_bytes"),
+            (nats(json!({"max_messages": -1})), "forward.nats.max_messages"),
+            (json!({"forward": {"nats": {"url": ",,,"}}}), "forward.nats.url"),
+            (json!({"forward": {"nats": {"url": "true"}}}), "forward.nats.url"),
+            (json!({"forward": {"nats": {"url": "nats://"}}}), "forward.nats.url"),
+            (
+                json!({"forward": {"nats": {"url": "nats://a:4222,,nats://b:4222"}}}),
+                "forward.nats.url",
+            ),
+        ];
+        figment::Jail::expect_with(|_| {
+            for (flags, key) in &cases {
+                let e = Config::load(None, flags).map(|_| ()).unwrap_err().to_string();
+                assert!(e.contains(key), "{flags} does not name {key}: {e}");
+            }
+            // What is fine stays fine.
+            let ok = json!({"forward": {"nats": {"url": "nats://a:4222, tls://b:4222,nats://[::1]"}},
+                "max_devices": 10_000_000, "rate_limit_sources": 1_000_000});
+            Config::load(None, &ok).map_err(|e| e.to_string()).unwrap();
             Ok(())
         });
     }

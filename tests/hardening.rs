@@ -950,3 +950,48 @@ fn a_far_future_timestamp_does_not_poison_a_device() {
     assert_eq!(d["position"]["time_ms"], t2 + 1_000, "{d}");
     assert!((d["track"]["odometer_m"].as_f64().unwrap() - 150.0).abs() < 5.0, "{d}");
 }
+
+/// Issue 17 item 8: a keys file emptied by accident (truncated, a failed
+/// copy) and reloaded with SIGHUP must not leave every signed device
+/// refused: the reload fails and the keys stay. A file that says so on a
+/// comment line (`# empty`) removes the keys on purpose.
+#[test]
+fn an_empty_keys_file_on_sighup_keeps_the_keys_unless_it_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("42 {KEY42}\n")).unwrap();
+    let s = Server::start(&["--udp-auth", "required", "--keys-file", keys.to_str().unwrap()]);
+    let key = hex::decode(KEY42).unwrap();
+    let sock = udp_sender();
+    let mut seq = 0;
+    let mut send_signed = |s: &Server| {
+        seq += 1;
+        let base = s.received("udp");
+        sock.send_to(&signed(&position(42, seq), &key), s.udp).unwrap();
+        s.wait_received("udp", base + 1);
+    };
+    let reloads =
+        |s: &Server, result| s.metric("fleetwire_key_reloads_total", &[("result", result)]) as u64;
+    // (/metrics may be up to a second old: wait for what is expected.)
+    let accepted =
+        |n: f64| move |s: &Server| s.metric("fleetwire_datagrams_accepted_total", &[]) == n;
+    send_signed(&s);
+    s.wait_until(5, "the signed frame", accepted(1.0));
+    std::fs::write(&keys, "").unwrap();
+    unsafe_kill(s.pid(), "HUP");
+    s.wait_until(10, "the empty reload to be refused", |s| reloads(s, "failed") == 1);
+    assert_eq!((reloads(&s, "ok"), s.metric("fleetwire_device_keys", &[])), (0, 1.0));
+    send_signed(&s);
+    s.wait_until(5, "the signed frame taken with the kept key", accepted(2.0));
+    assert!(s.log_text().contains("# empty"), "the log says how to empty it on purpose");
+    // On purpose: every key goes, and signed frames are refused.
+    std::fs::write(&keys, "# empty\n").unwrap();
+    unsafe_kill(s.pid(), "HUP");
+    s.wait_until(10, "the deliberate reload", |s| reloads(s, "ok") == 1);
+    assert_eq!(s.metric("fleetwire_device_keys", &[]), 0.0);
+    send_signed(&s);
+    s.wait_until(5, "the signed frame refused", |s| {
+        s.metric("fleetwire_datagrams_rejected_total", &[("reason", "unknown_key")]) == 1.0
+    });
+    assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]), 2.0);
+}

@@ -678,3 +678,103 @@ fn several_receive_threads_share_the_port() {
     assert_eq!(s.json("/api/summary")["devices"], 300);
     assert_eq!(s.metric("fleetwire_datagrams_accepted_total", &[]) as u64, sent);
 }
+
+/// Runs `fleetwire serve` with `args` on loopback and returns how it ended
+/// and its stderr; `None` if it was still running after 10 s (then it is
+/// killed).
+fn serve_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .args(["--udp-listen", "127.0.0.1:0", "--quic-listen", "off", "--http-listen"])
+        .args(["127.0.0.1:0", "--teltonika-listen", "off", "--osmand-listen", "off"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (status, err)
+}
+
+/// Issue 17 item 8: sizes far beyond reason, negative numbers, bad
+/// durations and NATS URLs that are no URLs stop `serve` with exit code 2
+/// and a message that names the key plainly.
+#[test]
+fn configuration_mistakes_exit_2_naming_the_key_plainly() {
+    let nats = ["--forward-nats-url", "nats://127.0.0.1:4222"];
+    // (flags, environment, the key the message names)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        (
+            &["--rate-limit-sources", "1000000000000000", "--rate-limit-source", "10"],
+            &[],
+            "rate_limit_sources",
+        ),
+        (
+            &["--rate-limit-source", "10"],
+            &[("FLEETWIRE_RATE_LIMIT_SOURCES", "1000000000000000")],
+            "rate_limit_sources",
+        ),
+        (&["--max-devices", "1000000000000000"], &[], "max_devices"),
+        (&["--max-reading-memory", "1000000000000000000"], &[], "max_reading_memory"),
+        (&["--udp-recv-buffer", "1000000000000000"], &[], "udp_recv_buffer"),
+        (&["--quic-max-connections", "1000000000000000"], &[], "quic_max_connections"),
+        (
+            &[nats[0], nats[1], "--forward-nats-buffer", "1000000000000000"],
+            &[],
+            "forward.nats.buffer",
+        ),
+        (&["--max-speed", "-1"], &[], "max_speed"),
+        (&["--rate-limit-device", "-1"], &[], "rate_limit_device"),
+        (&[nats[0], nats[1], "--forward-nats-max-bytes", "-1"], &[], "forward.nats.max_bytes"),
+        (&["--forward-nats-url", ",,,"], &[], "forward.nats.url"),
+        (&["--forward-nats-url", "true"], &[], "forward.nats.url"),
+        (&["--forward-nats-url", "nats://127.0.0.1:4222,"], &[], "forward.nats.url"),
+    ];
+    let mut problems = Vec::new();
+    let mut check = |args: &[&str], env: &[(&str, &str)], ok: &dyn Fn(&str) -> bool| {
+        let (status, err) = serve_exit(args, env);
+        let short: String = err.lines().take(3).collect::<Vec<_>>().join(" | ");
+        if status.and_then(|s| s.code()) != Some(2) || !ok(&err) || err.lines().count() > 2 {
+            problems.push(format!("{args:?} {env:?}: {status:?}: {short}"));
+        }
+    };
+    for (args, env, key) in cases {
+        check(args, env, &|err| err.contains(key));
+    }
+    // A duration that does not parse, from a flag, the environment or the
+    // file: the key by its name, without a profile prefix or a source
+    // location in fleetwire's code.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "offline_after = \"soon\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    let plain = |err: &str| {
+        err.contains("`offline_after`")
+            && err.contains("soon")
+            && !err.contains("default.")
+            && !err.contains(".rs:")
+    };
+    check(&["--offline-after", "soon"], &[], &plain);
+    check(&[], &[("FLEETWIRE_OFFLINE_AFTER", "soon")], &plain);
+    check(&["--config", file], &[], &plain);
+    assert!(problems.is_empty(), "not exit 2 naming the key:\n{}", problems.join("\n"));
+}

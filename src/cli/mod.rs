@@ -60,7 +60,7 @@ macro_rules! config_flags {
         pub(crate) struct ConfigFlags {
             $(
                 $(#[doc = $doc])*
-                #[arg(long, value_name = "VALUE", help_heading = "Configuration (also FLEETWIRE_<KEY> or the config file)")]
+                #[arg(long, value_name = "VALUE", allow_negative_numbers = true, help_heading = "Configuration (also FLEETWIRE_<KEY> or the config file)")]
                 #[serde(skip_serializing_if = "Option::is_none")]
                 pub(crate) $name: Option<$ty>,
             )*
@@ -192,7 +192,7 @@ macro_rules! nats_flags {
         pub(crate) struct NatsFlags {
             $(
                 $(#[doc = $doc])*
-                #[arg(long, value_name = "VALUE", help_heading = "Forwarding to NATS JetStream ([forward.nats], FLEETWIRE_FORWARD__NATS__<KEY>)")]
+                #[arg(long, value_name = "VALUE", allow_negative_numbers = true, help_heading = "Forwarding to NATS JetStream ([forward.nats], FLEETWIRE_FORWARD__NATS__<KEY>)")]
                 pub(crate) $flag: Option<$ty>,
             )*
         }

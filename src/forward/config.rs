@@ -72,7 +72,30 @@ pub struct ForwardConfig {
     pub nats: NatsConfig,
 }
 
+/// Most records the forwarding buffer may be set to hold.
+const MAX_BUFFER: usize = 10_000_000;
+
 impl NatsConfig {
+    /// The servers of `url`: each comma-separated entry must name its
+    /// scheme and a host. (async-nats itself takes `true` for the host
+    /// `true` and an empty entry for a server, and retries them forever.)
+    pub(crate) fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, String> {
+        self.url
+            .split(',')
+            .map(|u| {
+                let u = u.trim();
+                if !u.contains("://") {
+                    return Err(format!("{u:?} has no scheme (nats://, tls://, ws://, wss://)"));
+                }
+                let addr: async_nats::ServerAddr = u.parse().map_err(|e| format!("{u:?}: {e}"))?;
+                if addr.host().is_empty() {
+                    return Err(format!("{u:?} has no host"));
+                }
+                Ok(addr)
+            })
+            .collect()
+    }
+
     /// Whether forwarding is on.
     pub fn enabled(&self) -> bool {
         !self.url.trim().is_empty()
@@ -98,8 +121,14 @@ impl NatsConfig {
         if !matches!(self.storage.as_str(), "file" | "memory") {
             return Err(("forward.nats.storage", "must be \"file\" or \"memory\""));
         }
-        if self.buffer == 0 {
-            return Err(("forward.nats.buffer", "must be at least 1"));
+        if self.buffer == 0 || self.buffer > MAX_BUFFER {
+            return Err(("forward.nats.buffer", "must be 1 to 10000000"));
+        }
+        if self.max_bytes < 0 {
+            return Err(("forward.nats.max_bytes", "must be 0 (no limit) or more"));
+        }
+        if self.max_messages < 0 {
+            return Err(("forward.nats.max_messages", "must be 0 (no limit) or more"));
         }
         if self.batch == 0 || self.batch > 65_536 {
             return Err(("forward.nats.batch", "must be 1 to 65536"));
@@ -107,10 +136,11 @@ impl NatsConfig {
         if self.replicas == 0 || self.replicas > 5 {
             return Err(("forward.nats.replicas", "must be 1 to 5"));
         }
-        if self.url.split(',').any(|u| u.trim().parse::<async_nats::ServerAddr>().is_err()) {
+        if self.server_addrs().is_err() {
             return Err((
                 "forward.nats.url",
-                "must be one or more comma-separated NATS URLs like nats://127.0.0.1:4222",
+                "must be one or more comma-separated NATS URLs like nats://127.0.0.1:4222 \
+                 (scheme nats, tls, ws or wss, and a host)",
             ));
         }
         if !self.creds_file.as_os_str().is_empty() && !self.creds_file.is_file() {

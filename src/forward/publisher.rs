@@ -24,12 +24,7 @@ async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client, String> {
         opts =
             opts.credentials_file(&cfg.creds_file).await.map_err(|e| format!("creds_file: {e}"))?;
     }
-    let urls: Vec<async_nats::ServerAddr> = cfg
-        .url
-        .split(',')
-        .map(|u| u.trim().parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("url: {e}"))?;
+    let urls = cfg.server_addrs().map_err(|e| format!("url: {e}"))?;
     opts.connect(urls).await.map_err(|e| e.to_string())
 }
 

@@ -29,24 +29,31 @@ impl Bucket {
 }
 
 /// Token buckets for at most `cap` keys; the least recently seen key is
-/// forgotten first (and starts again with a full bucket).
+/// forgotten first (and starts again with a full bucket). The table grows
+/// with the keys seen, up to `cap`: nothing is allocated for the cap up
+/// front, so a large cap costs only what is used.
 #[derive(Debug)]
 pub(crate) struct Limiter<K: std::hash::Hash + Eq> {
     rate: f64,
     burst: f64,
+    cap: NonZeroUsize,
     buckets: LruCache<K, Bucket>,
 }
 
 impl<K: std::hash::Hash + Eq> Limiter<K> {
     /// `rate` per second with bursts of `burst`, for at most `cap` keys.
     pub(crate) fn new(rate: f64, burst: f64, cap: usize) -> Self {
-        let cap = NonZeroUsize::new(cap.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Limiter { rate, burst, buckets: LruCache::new(cap) }
+        let cap = NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN);
+        // `LruCache::new(cap)` would allocate a table for `cap` entries.
+        Limiter { rate, burst, cap, buckets: LruCache::unbounded() }
     }
 
     /// Takes one token for `key`; false when it has none left.
     pub(crate) fn allow(&mut self, key: K, now_ms: u64) -> bool {
         let (rate, burst) = (self.rate, self.burst);
+        if self.buckets.len() >= self.cap.get() && !self.buckets.contains(&key) {
+            self.buckets.pop_lru();
+        }
         self.buckets
             .get_or_insert_mut(key, || Bucket { tokens: burst, last_ms: now_ms })
             .allow(now_ms, rate, burst)
@@ -79,5 +86,23 @@ mod tests {
             l.allow(IpAddr::from(i.to_be_bytes()), 0);
         }
         assert_eq!(l.len(), 1000);
+    }
+
+    #[test]
+    fn a_huge_cap_allocates_nothing_up_front() {
+        // The cap is a bound, not a size: no table for it is allocated.
+        let mut l = Limiter::new(1.0, 1.0, usize::MAX / 2);
+        assert!(l.allow(7u32, 0));
+        assert!(!l.allow(7u32, 0));
+        assert_eq!(l.len(), 1);
+        // A small cap still holds, forgetting the least recently seen key.
+        let mut l = Limiter::new(1.0, 1.0, 3);
+        for k in [1u32, 2, 3, 1, 4] {
+            l.allow(k, 0);
+        }
+        assert_eq!(l.len(), 3);
+        // 1 was seen after 2 and 3, so 2 went: it has a full bucket again.
+        assert!(l.allow(2u32, 0));
+        assert!(!l.allow(1u32, 0), "1 is still tracked, with its bucket empty");
     }
 }

@@ -9,7 +9,7 @@ use fleetwire_proto::{DecodeError, Frame};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::keys::{Keys, KeysError, load_keys};
+use super::keys::{Keys, KeysError, load_keys, read_keys_file};
 use super::limiter::Limiter;
 use super::reason::{Reason, Transport};
 use super::replay::ReplayWindows;
@@ -125,10 +125,20 @@ impl Policy {
     }
 
     /// Re-reads the keys file and counts the outcome; on error the old
-    /// keys stay. Returns the number of keys loaded.
+    /// keys stay. A file with neither a key nor a comment line is refused
+    /// while keys are in use ([`KeysError::Empty`]: a truncated file would
+    /// otherwise refuse every signed device); one with a comment line only
+    /// removes every key. Returns the number of keys loaded.
     pub(crate) fn reload_keys(&self) -> Result<usize, KeysError> {
         let Some(p) = &self.keys_path else { return Ok(0) };
-        match load_keys(p) {
+        let read = read_keys_file(p).and_then(|f| {
+            if f.keys.is_empty() && !f.commented && !self.keys.read().is_empty() {
+                Err(KeysError::Empty { path: p.clone() })
+            } else {
+                Ok(f.keys)
+            }
+        });
+        match read {
             Ok(keys) => {
                 let n = keys.len();
                 *self.keys.write() = Arc::new(keys);
@@ -232,5 +242,45 @@ impl Policy {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K32: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn policy(path: &std::path::Path) -> Policy {
+        let cfg = PolicyConfig {
+            udp_auth: UdpAuth::Required,
+            keys_file: Some(path.to_path_buf()),
+            rate_source: 0.0,
+            rate_device: 0.0,
+            burst: 1.0,
+            max_sources: 1,
+            max_devices: 1,
+        };
+        Policy::load(&cfg, &Registry::default()).unwrap()
+    }
+
+    #[test]
+    fn an_empty_keys_file_is_not_reloaded_unless_it_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys");
+        std::fs::write(&p, format!("42 {K32}\n")).unwrap();
+        let policy = policy(&p);
+        assert!(policy.has_key(42));
+        // Truncated (a half-written file, a failed copy): refused, the key stays.
+        for empty in ["", "\n", "  \n\n"] {
+            std::fs::write(&p, empty).unwrap();
+            let e = policy.reload_keys().unwrap_err().to_string();
+            assert!(e.contains("empty") && e.contains("# empty"), "{e}");
+            assert!(policy.has_key(42));
+        }
+        // A file that says so on a comment line removes every key.
+        std::fs::write(&p, "# empty\n").unwrap();
+        assert_eq!(policy.reload_keys().unwrap(), 0);
+        assert!(!policy.has_key(42));
     }
 }
