@@ -123,14 +123,10 @@ async fn map_asset(Path(path): Path<String>) -> Response {
 const HEAVY_AT_ONCE: usize = 2;
 /// How long an expensive request waits for its turn before a `503`.
 const HEAVY_QUEUE: std::time::Duration = std::time::Duration::from_secs(5);
-/// A `/metrics` body younger than this is served again to concurrent or
-/// close scrapes instead of rendering anew (one rendering for all of them).
-const METRICS_CACHE: std::time::Duration = std::time::Duration::from_millis(1000);
-
 /// What bounds the expensive requests.
 pub(crate) struct Heavy {
     turns: tokio::sync::Semaphore,
-    /// The last `/metrics` body and when it was rendered.
+    /// The last `/metrics` body and when its rendering began.
     metrics: tokio::sync::Mutex<Option<(Instant, axum::body::Bytes)>>,
     refused: crate::telemetry::Counter,
 }
@@ -189,17 +185,21 @@ async fn metrics(
     let ok = |body: axum::body::Bytes| {
         ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
     };
-    // Scrapes arriving together wait for one rendering and share its body.
+    // Scrapes arriving together wait for one rendering and share its body:
+    // one that began after this scrape arrived (so no scrape is answered
+    // with values from before it asked; a lone scraper always renders).
+    let asked = Instant::now();
     let Ok(mut cached) = tokio::time::timeout(HEAVY_QUEUE, heavy.metrics.lock()).await else {
         return busy(&heavy);
     };
-    if let Some((_, body)) = cached.as_ref().filter(|(at, _)| at.elapsed() < METRICS_CACHE) {
+    if let Some((_, body)) = cached.as_ref().filter(|(began, _)| *began >= asked) {
         return ok(body.clone());
     }
+    let began = Instant::now();
     match blocking(&heavy, move || render_all(&st)).await {
         Ok(body) => {
             let body = axum::body::Bytes::from(body);
-            *cached = Some((Instant::now(), body.clone()));
+            *cached = Some((began, body.clone()));
             ok(body)
         }
         Err(r) => r,
