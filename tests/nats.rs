@@ -358,3 +358,51 @@ fn teltonika_packets_are_acknowledged_once_published() {
     // JetStream de-duplicated the resend: 2 records per distinct packet.
     assert_eq!(nats.stream_records().len(), 4);
 }
+
+/// Issue 17 item 9: NATS frozen for 20 s (SIGSTOP, then SIGCONT) under
+/// traffic. While it is frozen the server says so (a gauge, and a warning
+/// at most every 10 s); afterwards the counts match the stream exactly:
+/// the records in the stream are the acknowledged ones, and acknowledged +
+/// dropped = enqueued = accepted. (Records handed to NATS but not
+/// acknowledged may be in the stream: they are retried, never dropped.)
+#[test]
+fn a_frozen_nats_is_reported_and_the_counts_match_the_stream() {
+    let nats = Nats::start();
+    let s = Server::start(&["--forward-nats-url", &nats.url(), "--forward-nats-buffer", "1000"]);
+    let metric = |s: &Server, name: &str| s.metric(name, &[]) as u64;
+    s.wait_until(20, "NATS connection", |s| metric(s, "fleetwire_forward_connected") == 1);
+    let load = Command::new(BIN)
+        .args(["sim", "--target", &s.udp.to_string(), "--devices", "50", "--rate", "20"])
+        .args(["--duration", "30", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let warnings = |s: &Server| {
+        s.log_text().lines().filter(|l| l.contains("WARN") && l.contains("NATS")).count()
+    };
+    let before = warnings(&s);
+    unsafe_kill(nats.child.id(), "STOP");
+    let frozen = Instant::now();
+    s.wait_until(20, "fleetwire_forward_failing to say so", |s| {
+        metric(s, "fleetwire_forward_failing") == 1
+    });
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(frozen.elapsed()));
+    let during = warnings(&s) - before;
+    unsafe_kill(nats.child.id(), "CONT");
+    assert!((1..=3).contains(&during), "{during} warnings in 20 s:\n{}", s.log_text());
+    let out = load.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    s.wait_received("udp", r["sent"].as_u64().unwrap());
+    settle(&s);
+    s.wait_until(20, "the gauge to clear", |s| metric(s, "fleetwire_forward_failing") == 0);
+    let f = forward(&s);
+    let (acked, dropped) = (f["acknowledged"].as_u64().unwrap(), f["dropped"].as_u64().unwrap());
+    assert_eq!(f["enqueued"].as_u64(), Some(records_total(&s)), "{f}");
+    assert_eq!(acked + dropped, records_total(&s), "{f}");
+    assert!(dropped > 0, "20 s at 1000 records/s overflow a 1000-record buffer: {f}");
+    let stream = nats.stream_records();
+    assert_eq!(stream.len() as u64, acked, "records in the stream = acknowledged: {f}");
+}

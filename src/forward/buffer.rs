@@ -1,9 +1,16 @@
 //! The bounded buffer between the ingest path and the NATS publisher: the
 //! pipeline pushes every new record (never waiting), the publisher takes
 //! batches; when full, the oldest record is dropped and counted.
+//!
+//! A record once handed to NATS without an acknowledgement is *in doubt*:
+//! JetStream may have stored it (a frozen server stores what it was sent
+//! once it runs again). In-doubt records wait apart, are retried first
+//! (JetStream de-duplicates the copies by `Nats-Msg-Id`) and are never
+//! dropped, so a record counted as dropped is never in the stream. There
+//! are at most `batch` of them (what can be in flight at once).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use fleetwire_proto::{Body, Frame, MAX_FRAME_LEN, Record, encode};
@@ -31,6 +38,8 @@ pub(crate) struct Pending {
     pub(crate) transport: Transport,
     /// The sender waiting for this record to be stored, if any.
     pub(crate) confirm: Option<Arc<Confirm>>,
+    /// It was handed to NATS at least once (so it may be in the stream).
+    pub(crate) sent: bool,
 }
 
 /// The forwarder's series; `/api/summary` reads the same handles.
@@ -45,12 +54,19 @@ pub(crate) struct ForwardMetrics {
     /// Publishes that failed or were not acknowledged in time (then retried).
     pub(crate) failed: Counter,
     /// Records dropped because the buffer was full (the oldest first), or
-    /// still buffered when shutdown's drain time ran out.
+    /// still buffered when shutdown's drain time ran out; none of them was
+    /// ever handed to NATS.
     pub(crate) dropped: Counter,
+    /// Records handed to NATS whose acknowledgement had not come when
+    /// shutdown's drain time ran out: they may or may not be in the stream.
+    pub(crate) unconfirmed: Counter,
     /// Records waiting.
     pub(crate) buffered: Gauge,
     /// 1 while connected with the stream ready.
     pub(crate) connected: Gauge,
+    /// 1 while publishing fails: the last attempt to connect, or to have a
+    /// batch acknowledged, did not succeed.
+    pub(crate) failing: Gauge,
 }
 
 impl ForwardMetrics {
@@ -78,7 +94,12 @@ impl ForwardMetrics {
             ),
             dropped: r.counter(
                 "fleetwire_forward_dropped_total",
-                "Records dropped because the forwarding buffer was full (oldest first).",
+                "Records dropped, never handed to NATS: the forwarding buffer was full (oldest first), or shutdown's drain time ran out.",
+                &[],
+            ),
+            unconfirmed: r.counter(
+                "fleetwire_forward_unconfirmed_total",
+                "Records handed to NATS but not acknowledged when shutdown's drain time ran out (they may be in the stream).",
                 &[],
             ),
             buffered: r.gauge(
@@ -91,14 +112,36 @@ impl ForwardMetrics {
                 "1 while the NATS publisher is connected and its stream is ready.",
                 &[],
             ),
+            failing: r.gauge(
+                "fleetwire_forward_failing",
+                "1 while publishing to NATS fails (the last connection attempt or batch was not acknowledged); records wait, and the oldest are dropped when the buffer is full.",
+                &[],
+            ),
         }
+    }
+}
+
+/// The records waiting: new ones (dropped oldest first when full) and
+/// in-doubt ones (handed to NATS, not acknowledged; never dropped).
+#[derive(Debug, Default)]
+struct Queues {
+    fresh: VecDeque<Pending>,
+    doubt: VecDeque<Pending>,
+}
+
+impl Queues {
+    fn len(&self) -> usize {
+        self.fresh.len() + self.doubt.len()
     }
 }
 
 /// The bounded buffer between the ingest path and the publisher.
 pub(crate) struct Forwarder {
     pub(super) cfg: NatsConfig,
-    queue: Mutex<VecDeque<Pending>>,
+    queue: Mutex<Queues>,
+    /// Records taken by the publisher and not yet given back or
+    /// acknowledged (counted as unconfirmed if shutdown cuts them off).
+    in_flight: AtomicU64,
     pub(super) notify: tokio::sync::Notify,
     pub(crate) metrics: ForwardMetrics,
     connected: AtomicBool,
@@ -114,7 +157,11 @@ impl Forwarder {
 
     fn with_metrics(cfg: NatsConfig, metrics: ForwardMetrics) -> Self {
         Forwarder {
-            queue: Mutex::new(VecDeque::with_capacity(cfg.buffer.min(1 << 16))),
+            queue: Mutex::new(Queues {
+                fresh: VecDeque::with_capacity(cfg.buffer.min(1 << 16)),
+                doubt: VecDeque::new(),
+            }),
+            in_flight: AtomicU64::new(0),
             cfg,
             notify: tokio::sync::Notify::new(),
             metrics,
@@ -145,28 +192,18 @@ impl Forwarder {
         self.closed.load(Ordering::Relaxed)
     }
 
-    pub(super) fn push_all(&self, items: impl IntoIterator<Item = Pending>, front: bool) {
+    /// Queues new records, dropping the oldest new ones when full.
+    fn push_all(&self, items: impl IntoIterator<Item = Pending>) {
         let mut q = self.queue.lock();
         let mut dropped = 0u64;
         let mut n = 0u64;
         for p in items {
-            if front {
-                // Retried records are older than everything queued: when
-                // the buffer is full they are the oldest, so they go.
-                // (Callers push retries newest first.)
-                if q.len() >= self.cfg.buffer {
-                    dropped += 1;
-                } else {
-                    q.push_front(p);
-                }
-            } else {
-                if q.len() >= self.cfg.buffer {
-                    q.pop_front();
-                    dropped += 1;
-                }
-                q.push_back(p);
-                n += 1;
+            if q.fresh.len() >= self.cfg.buffer {
+                q.fresh.pop_front();
+                dropped += 1;
             }
+            q.fresh.push_back(p);
+            n += 1;
         }
         let len = q.len();
         drop(q);
@@ -174,6 +211,36 @@ impl Forwarder {
         self.metrics.dropped.add(dropped);
         self.metrics.buffered.set(len as f64);
         self.notify.notify_one();
+    }
+
+    /// Gives back records the publisher took (in their order) and did not
+    /// get acknowledged: those handed to NATS go first in line and are
+    /// never dropped; the others are the oldest new records again, and go
+    /// first when the buffer is full.
+    pub(super) fn give_back(&self, items: Vec<Pending>) {
+        let n = items.len() as u64;
+        let mut q = self.queue.lock();
+        let mut dropped = 0u64;
+        for p in items.into_iter().rev() {
+            if p.sent {
+                q.doubt.push_front(p);
+            } else if q.fresh.len() >= self.cfg.buffer {
+                dropped += 1;
+            } else {
+                q.fresh.push_front(p);
+            }
+        }
+        let len = q.len();
+        drop(q);
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
+        self.metrics.dropped.add(dropped);
+        self.metrics.buffered.set(len as f64);
+        self.notify.notify_one();
+    }
+
+    /// Counts a record the publisher took as done (acknowledged).
+    pub(super) fn done(&self, n: u64) {
+        self.in_flight.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Queues every record of an accepted frame (each taking a share of
@@ -216,9 +283,10 @@ impl Forwarder {
                         c.expect();
                         c.clone()
                     }),
+                    sent: false,
                 };
                 if out.is_full() {
-                    self.push_all(out.drain(..), false);
+                    self.push_all(out.drain(..));
                 }
                 out.push(p);
             };
@@ -236,34 +304,54 @@ impl Forwarder {
             }
             body => one(0, base, *body, &mut out),
         }
-        self.push_all(out, false);
+        self.push_all(out);
     }
 
+    /// Takes up to `n` records to publish, in-doubt ones first.
     pub(super) fn take(&self, n: usize) -> Vec<Pending> {
         let mut q = self.queue.lock();
-        let k = n.min(q.len());
-        let v: Vec<Pending> = q.drain(..k).collect();
+        let from_doubt = n.min(q.doubt.len());
+        let mut v: Vec<Pending> = q.doubt.drain(..from_doubt).collect();
+        let from_fresh = (n - from_doubt).min(q.fresh.len());
+        v.extend(q.fresh.drain(..from_fresh));
         self.metrics.buffered.set(q.len() as f64);
+        drop(q);
+        self.in_flight.fetch_add(v.len() as u64, Ordering::Relaxed);
         v
     }
 
-    /// Counts what is still buffered as dropped (at shutdown, when the
-    /// drain time is over), so nothing accepted goes unaccounted.
+    /// At shutdown, when the drain time is over: what was never handed to
+    /// NATS counts as dropped, what was handed to it without an
+    /// acknowledgement (waiting for a retry, or cut off in flight) as
+    /// unconfirmed, so nothing accepted goes unaccounted.
     pub(super) fn drop_remaining(&self) {
-        let n = {
+        let (never, doubt) = {
             let mut q = self.queue.lock();
-            let n = q.len();
-            q.clear();
-            n as u64
+            let never = q.fresh.len() as u64;
+            let doubt = q.doubt.len() as u64;
+            q.fresh.clear();
+            q.doubt.clear();
+            (never, doubt)
         };
-        if n > 0 {
+        let in_flight = self.in_flight.swap(0, Ordering::Relaxed);
+        let unconfirmed = doubt + in_flight;
+        let dropped = never;
+        if dropped + unconfirmed > 0 {
             tracing::warn!(
-                records = n,
-                "shutting down with records not yet forwarded to NATS: counted as dropped"
+                dropped,
+                unconfirmed,
+                "shutting down with records not yet acknowledged by NATS: counted as dropped \
+                 (never sent) or unconfirmed (sent, may be in the stream)"
             );
-            self.metrics.dropped.add(n);
         }
+        self.metrics.dropped.add(dropped);
+        self.metrics.unconfirmed.add(unconfirmed);
         self.metrics.buffered.set(0.0);
+    }
+
+    /// Says whether publishing fails (the `fleetwire_forward_failing` gauge).
+    pub(super) fn set_failing(&self, f: bool) {
+        self.metrics.failing.set(if f { 1.0 } else { 0.0 });
     }
 
     pub(super) fn set_connected(&self, c: bool) {
@@ -351,5 +439,51 @@ mod tests {
             12,
             "the oldest went first"
         );
+    }
+
+    #[test]
+    fn records_handed_to_nats_are_never_dropped_and_shutdown_tells_them_apart() {
+        let fw = Forwarder::with_metrics(
+            NatsConfig { buffer: 3, ..NatsConfig::default() },
+            ForwardMetrics::default(),
+        );
+        let ev = |seq| {
+            Frame::new(
+                9,
+                seq,
+                0,
+                Body::Event(Event { code: 1, severity: Severity::Info, text: None }),
+            )
+        };
+        let seq_of = |p: &Pending| fleetwire_proto::decode(&p.payload).unwrap().sequence;
+        for i in 0..3 {
+            fw.push_frame(&ev(i), 1, Transport::Udp, None);
+        }
+        // The publisher takes all three and hands the first two to NATS;
+        // no acknowledgement comes.
+        let mut batch = fw.take(3);
+        batch[0].sent = true;
+        batch[1].sent = true;
+        // Meanwhile the buffer fills with new records.
+        for i in 3..6 {
+            fw.push_frame(&ev(i), 1, Transport::Udp, None);
+        }
+        fw.give_back(batch);
+        // The never-sent one was the oldest new record: dropped. The two in
+        // doubt are kept, and come first.
+        assert_eq!((fw.buffered(), fw.metrics.dropped.get()), (5, 1));
+        let next = fw.take(4);
+        assert_eq!(next.iter().map(seq_of).collect::<Vec<_>>(), [0, 1, 3, 4]);
+        assert!(next[0].sent && next[1].sent && !next[2].sent);
+        // Acknowledged: the first; the second is cut off in flight, the
+        // others wait, at shutdown.
+        fw.done(1);
+        let (in_doubt, rest): (Vec<_>, Vec<_>) = next.into_iter().skip(1).partition(|p| p.sent);
+        assert_eq!(in_doubt.len(), 1);
+        fw.give_back(rest);
+        fw.drop_remaining();
+        let m = &fw.metrics;
+        // 6 enqueued = 1 acknowledged + 4 dropped (never sent) + 1 unconfirmed.
+        assert_eq!((m.enqueued.get(), m.dropped.get(), m.unconfirmed.get()), (6, 4, 1));
     }
 }
