@@ -124,6 +124,12 @@ pub struct Config {
     /// How often the device state is written to the data dir; "0s" = only at shutdown.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
+    /// How often the frames applied since the last sync are appended to the
+    /// journal in the data dir and synced: a crash loses at most this much
+    /// accepted state; "0s" = no journal (a crash loses what came since the
+    /// last snapshot).
+    #[serde(with = "humantime_serde")]
+    pub journal_interval: Duration,
     /// Whether to save and restore device state at all.
     pub snapshot: bool,
     /// QUIC server certificate chain (PEM); empty = a development certificate in data_dir.
@@ -204,6 +210,7 @@ impl Default for Config {
             max_readings_per_device: 32,
             max_reading_memory: 128 << 20,
             snapshot_interval: Duration::from_secs(60),
+            journal_interval: Duration::from_secs(1),
             snapshot: true,
             quic_cert: PathBuf::new(),
             quic_key: PathBuf::new(),

@@ -125,13 +125,14 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 }
 
 impl Journal {
-    /// A journal for a new run in `dir`, writing after the files already
-    /// there (see [`files`]). Nothing is created before the first sync.
-    pub(crate) fn new(dir: &Path, after: Option<u64>, metrics: JournalMetrics) -> Self {
+    /// A journal for a new run in `dir` whose first file is `first`
+    /// ([`ReplayReport::next_file`]). Nothing is created before the first
+    /// sync.
+    pub(crate) fn new(dir: &Path, first: u64, metrics: JournalMetrics) -> Self {
         Journal {
             dir: dir.to_path_buf(),
             run: rand::random(),
-            number: after.map_or(0, |n| n + 1),
+            number: first,
             file: None,
             spares: Vec::new(),
             segment: Vec::new(),
@@ -271,8 +272,10 @@ pub(crate) struct ReplayReport {
     /// Files whose end was torn or damaged (the crash happened while they
     /// were written), with what was wrong.
     pub damaged: Vec<(PathBuf, String)>,
-    /// The highest file number seen (the new run writes after it).
-    pub last: Option<u64>,
+    /// The number the new run's first file takes: after every file seen
+    /// and not before the snapshot's (a file numbered lower would be taken
+    /// for one the snapshot holds).
+    pub next_file: u64,
 }
 
 /// Why a file could not be replayed to its end.
@@ -298,7 +301,7 @@ enum SegmentError {
 pub(crate) fn replay(dir: &Path, mark: Option<&JournalMark>, engine: &Engine) -> ReplayReport {
     let mut report = ReplayReport::default();
     let all = files(dir);
-    report.last = all.last().map(|(n, _)| *n);
+    report.next_file = all.last().map_or(0, |(n, _)| n + 1).max(mark.map_or(0, |m| m.file));
     for (n, path) in all {
         if mark.is_some_and(|m| n < m.file) {
             continue;
@@ -468,7 +471,8 @@ mod tests {
     }
 
     fn journal(dir: &Path) -> Journal {
-        Journal::new(dir, files(dir).last().map(|f| f.0), JournalMetrics::new(&Registry::new()))
+        let first = files(dir).last().map_or(0, |f| f.0 + 1);
+        Journal::new(dir, first, JournalMetrics::new(&Registry::new()))
     }
 
     #[test]
@@ -499,7 +503,7 @@ mod tests {
             false
         };
         let (_, _, mark) =
-            snapshot::write_engine_marked(&live, dir.path(), 0, (j.run(), file), &cancel).unwrap();
+            snapshot::write_engine(&live, dir.path(), 0, (j.run(), file), &cancel).unwrap();
         j.compact(&mark);
         for s in step.get()..step.get() + 100 {
             both(s);
@@ -572,6 +576,50 @@ mod tests {
         let report = replay(dir.path(), None, &again);
         assert_eq!(report.records, 50 * 8);
         same_state(&reference, &again);
+    }
+
+    /// A crash right after a snapshot leaves no journal file; the next run
+    /// must still number its files from the snapshot's on, or its frames
+    /// would be taken for ones the snapshot holds.
+    #[test]
+    fn a_run_after_a_compacted_journal_writes_files_the_snapshot_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Engine::new(EngineConfig::default(), 2);
+        live.set_journaling(true);
+        let mut j = journal(dir.path());
+        for step in 0..20 {
+            traffic(step, &mut |now, b| {
+                live.ingest(now, b);
+            });
+        }
+        j.sync(&live, 0).unwrap();
+        let at = (j.run(), j.rotate(&live, 0));
+        let (_, _, mark) = snapshot::write_engine(&live, dir.path(), 0, at, &|| false).unwrap();
+        j.compact(&mark);
+        assert!(files(dir.path()).is_empty());
+        drop(j);
+
+        // The next run: restore, replay (nothing), then traffic and a sync.
+        let next = Engine::new(EngineConfig::default(), 2);
+        let snap = snapshot::read(dir.path()).unwrap().unwrap();
+        next.restore(snap.devices, Some(snap.totals));
+        let report = replay(dir.path(), snap.journal.as_ref(), &next);
+        assert_eq!((report.files, report.next_file), (0, mark.file));
+        let mut j2 =
+            Journal::new(dir.path(), report.next_file, JournalMetrics::new(&Registry::new()));
+        next.set_journaling(true);
+        for step in 20..30 {
+            traffic(step, &mut |now, b| {
+                next.ingest(now, b);
+            });
+        }
+        j2.sync(&next, 0).unwrap();
+        let again = Engine::new(EngineConfig::default(), 2);
+        let snap = snapshot::read(dir.path()).unwrap().unwrap();
+        again.restore(snap.devices, Some(snap.totals));
+        let report = replay(dir.path(), snap.journal.as_ref(), &again);
+        assert_eq!(report.records, 10 * 8);
+        same_state(&next, &again);
     }
 
     #[test]

@@ -19,7 +19,6 @@ pub(crate) mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod ingest;
-#[allow(dead_code)] // until the server writes the journal
 pub(crate) mod journal;
 pub(crate) mod protocols;
 pub mod server;

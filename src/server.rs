@@ -27,6 +27,7 @@ use crate::ingest::replay::ReplayWindows;
 use crate::ingest::{
     DeviceRegistry, DevicesFileError, IngestCounters, KeysError, Pipeline, Policy, RecordSink,
 };
+use crate::journal::{self, Journal, JournalMark, JournalMetrics};
 use crate::snapshot;
 use crate::store::{Store, StoreError};
 use crate::stream::StreamHub;
@@ -327,6 +328,9 @@ struct Saver {
     engine: Arc<Engine>,
     pipeline: Arc<Pipeline>,
     registry: Arc<DeviceRegistry>,
+    /// Synced and moved to a new file before each snapshot, compacted
+    /// after it.
+    journal: Arc<parking_lot::Mutex<Journal>>,
     /// Periodic saves give up at the stop signal: the final one follows.
     stop: CancellationToken,
     snapshots: Counter,
@@ -337,6 +341,7 @@ impl Saver {
     fn new(
         dir: &std::path::Path,
         (engine, pipeline, registry): (Arc<Engine>, Arc<Pipeline>, Arc<DeviceRegistry>),
+        journal: Arc<parking_lot::Mutex<Journal>>,
         stop: CancellationToken,
         r: &Registry,
     ) -> Self {
@@ -346,6 +351,7 @@ impl Saver {
             engine,
             pipeline,
             registry,
+            journal,
             stop,
             snapshots: r.counter(
                 "fleetwire_snapshots_total",
@@ -371,7 +377,16 @@ impl Saver {
         let r = self.store.exclusive(|dir| -> Result<(usize, usize), StoreError> {
             self.registry.save_if_changed(dir)?;
             self.pipeline.policy().replay_windows().save(dir)?;
-            snapshot::write_engine(&self.engine, dir, now_ms(), &cancel)
+            // The journal up to now goes to disk and a new file begins: the
+            // snapshot records that replay starts there.
+            let at = {
+                let mut j = self.journal.lock();
+                (j.run(), j.rotate(&self.engine, now_ms()))
+            };
+            let (bytes, devices, mark) =
+                snapshot::write_engine(&self.engine, dir, now_ms(), at, &cancel)?;
+            self.journal.lock().compact(&mark);
+            Ok((bytes, devices))
         });
         match r {
             Ok((bytes, devices)) => {
@@ -426,6 +441,7 @@ pub struct Running {
     http: Option<tokio::task::JoinHandle<()>>,
     stream: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
+    journal: Option<tokio::task::JoinHandle<()>>,
     listening: Vec<(&'static str, String)>,
 }
 
@@ -444,7 +460,8 @@ impl Running {
         let started = Instant::now();
         let stop = CancellationToken::new();
         let registry = Registry::new();
-        let engine = Arc::new(restore_engine(&cfg));
+        let (engine, journal, replayed) = restore_engine(&cfg, &registry);
+        let engine = Arc::new(engine);
         let policy = restore_policy(&cfg, &engine, &registry)?;
         let devices = Arc::new(DeviceRegistry::load(&cfg.registry(), &cfg.data_dir, &registry)?);
         let tokens = load_tokens(&cfg, &registry)?;
@@ -465,7 +482,9 @@ impl Running {
         let teltonika = start_teltonika(&cfg, listeners.teltonika, foreign, &mut listening)?;
         let osmand = start_osmand(&cfg, listeners.osmand, foreign, &mut listening)?;
         let parts = (engine.clone(), pipeline.clone(), devices.clone());
-        let saver = Arc::new(Saver::new(&cfg.data_dir, parts, stop.clone(), &registry));
+        let saver =
+            Arc::new(Saver::new(&cfg.data_dir, parts, journal.clone(), stop.clone(), &registry));
+        let journal = start_journal(&cfg, journal, &engine, &stop);
         let http = match listeners.http {
             Some(l) => {
                 let state = HttpState {
@@ -487,7 +506,11 @@ impl Running {
         };
         let snap_every =
             (cfg.snapshot && !cfg.snapshot_interval.is_zero()).then_some(cfg.snapshot_interval);
-        let tasks = Upkeep { snap_every, saver: saver.clone(), pipeline, hub, tokens, hangup };
+        // After a replay, a snapshot soon, so that crash after crash does
+        // not lengthen the journal the next start replays.
+        let snap_soon = replayed > 0;
+        let tasks =
+            Upkeep { snap_every, snap_soon, saver: saver.clone(), pipeline, hub, tokens, hangup };
         let upkeep = tokio::spawn(upkeep(tasks, stop.clone()));
         Ok(Running {
             stop,
@@ -503,6 +526,7 @@ impl Running {
             http,
             stream: stream_task,
             upkeep,
+            journal,
             listening,
         })
     }
@@ -523,12 +547,15 @@ impl Running {
     /// 3. nothing can be accepted any more: the forwarder is told, publishes
     ///    what is buffered and counts what it could not as dropped;
     /// 4. the upkeep task ends (awaited, never aborted: no snapshot is cut
-    ///    off mid-file, none overlaps the next); HTTP ends;
+    ///    off mid-file, none overlaps the next), then the journal's sync
+    ///    task (a sync in progress finishes); HTTP ends;
     /// 5. the final tick and the final snapshot (after every other save,
-    ///    which the store serialises anyway), then the totals are logged.
+    ///    which the store serialises anyway; it syncs the journal first and
+    ///    deletes it once written), then the totals are logged.
     ///
-    /// An error when the final snapshot could not be written (what changed
-    /// since the last snapshot is lost: `fleetwire serve` exits non-zero).
+    /// An error when the final snapshot could not be written (`fleetwire
+    /// serve` exits non-zero; the journal, synced before the attempt, still
+    /// holds what changed since the last snapshot).
     pub async fn shutdown(self) -> Result<RunSummary, ServerError> {
         tracing::info!("shutting down: draining sockets");
         self.stop.cancel();
@@ -550,6 +577,9 @@ impl Running {
             let _ = tokio::time::timeout(FORWARD_DRAIN + Duration::from_secs(1), task).await;
         }
         let _ = self.upkeep.await;
+        if let Some(j) = self.journal {
+            let _ = j.await;
+        }
         let _ = self.stream.await;
         if let Some(t) = self.http {
             let _ = tokio::time::timeout(HTTP_DRAIN, t).await;
@@ -584,9 +614,13 @@ impl Running {
     }
 }
 
-/// Phase 1: the engine, with the devices of the last snapshot.
-fn restore_engine(cfg: &Config) -> Engine {
+/// Phase 1: the engine, with the devices of the last snapshot and the
+/// frames of the journal after it; the journal this run writes (after the
+/// files there), and the number of frames replayed.
+fn restore_engine(cfg: &Config, r: &Registry) -> (Engine, Arc<parking_lot::Mutex<Journal>>, u64) {
     let engine = Engine::new(cfg.engine(), cfg.effective_shards());
+    let mut mark: Option<JournalMark> = None;
+    let mut replay = journal::ReplayReport::default();
     if cfg.snapshot {
         let file = cfg.data_dir.join(snapshot::FILE);
         if file.exists() {
@@ -595,14 +629,64 @@ fn restore_engine(cfg: &Config) -> Engine {
         match snapshot::read(&cfg.data_dir) {
             Ok(Some(s)) => {
                 let (n, taken_ms) = (s.device_count(), s.taken_ms);
+                mark = s.journal.clone();
                 engine.restore(s.devices, Some(s.totals));
                 tracing::info!(devices = n, taken_ms, dir = %cfg.data_dir.display(), "restored device state");
             }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "could not restore device state; starting empty"),
         }
+        replay = journal::replay(&cfg.data_dir, mark.as_ref(), &engine);
+        for (path, why) in &replay.damaged {
+            tracing::warn!(file = %path.display(), reason = %why, "journal replayed up to damage (the crash cut it)");
+        }
+        if replay.files > 0 {
+            tracing::info!(
+                files = replay.files,
+                frames = replay.records,
+                skipped = replay.skipped,
+                "replayed the journal"
+            );
+        }
     }
-    engine
+    let journal = Journal::new(&cfg.data_dir, replay.next_file, JournalMetrics::new(r));
+    engine.set_journaling(cfg.snapshot && !cfg.journal_interval.is_zero());
+    (engine, Arc::new(parking_lot::Mutex::new(journal)), replay.records)
+}
+
+/// Phase 1 too: the journal's syncs, every `journal_interval` until the
+/// stop signal (the final snapshot syncs what is left first).
+fn start_journal(
+    cfg: &Config,
+    journal: Arc<parking_lot::Mutex<Journal>>,
+    engine: &Arc<Engine>,
+    stop: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !cfg.snapshot || cfg.journal_interval.is_zero() {
+        return None;
+    }
+    let (every, engine, stop) = (cfg.journal_interval, engine.clone(), stop.clone());
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (j, e) = (journal.clone(), engine.clone());
+            let r = tokio::task::spawn_blocking(move || j.lock().sync(&e, now_ms())).await;
+            if let Ok(Err(e)) = r {
+                // Counted each time; said at most once a minute.
+                if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
+                    warned = Some(Instant::now());
+                    tracing::warn!(error = %e, "journal write failed: a crash now loses what came since the last snapshot");
+                }
+            }
+        }
+    }))
 }
 
 /// Phase 1 too: the policies, with the anti-replay windows of the last
@@ -751,7 +835,7 @@ fn start_http(
 /// so a snapshot in progress is finished or, at the stop signal, given up
 /// between two shards (the final snapshot follows).
 async fn upkeep(u: Upkeep, stop: CancellationToken) {
-    let Upkeep { snap_every, saver, pipeline, hub, tokens, hangup } = u;
+    let Upkeep { snap_every, mut snap_soon, saver, pipeline, hub, tokens, hangup } = u;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_snap = Instant::now();
@@ -767,7 +851,8 @@ async fn upkeep(u: Upkeep, stop: CancellationToken) {
                 hub.transitions(&transitions);
                 let s = saver.clone();
                 let _ = tokio::task::spawn_blocking(move || s.save_registry()).await;
-                if snap_every.is_some_and(|every| last_snap.elapsed() >= every) {
+                if snap_every.is_some_and(|every| snap_soon || last_snap.elapsed() >= every) {
+                    snap_soon = false;
                     let _ = saver.save_async(true).await;
                     // The interval runs from the end of a save, so a save
                     // longer than the interval is not followed at once by
@@ -782,6 +867,8 @@ async fn upkeep(u: Upkeep, stop: CancellationToken) {
 /// What the upkeep task looks after.
 struct Upkeep {
     snap_every: Option<Duration>,
+    /// A snapshot at the first tick (the journal was replayed).
+    snap_soon: bool,
     saver: Arc<Saver>,
     pipeline: Arc<Pipeline>,
     hub: Arc<StreamHub>,

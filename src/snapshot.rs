@@ -152,7 +152,7 @@ pub(crate) fn write(dir: &Path, snap: &Snapshot) -> Result<usize, StoreError> {
 /// mark recorded. Between two shards it asks `cancel`; when that says yes,
 /// the write is given up (the old file stays) and the result is
 /// [`StoreError::Cancelled`].
-pub(crate) fn write_engine_marked(
+pub(crate) fn write_engine(
     engine: &Engine,
     dir: &Path,
     now_ms: u64,
@@ -191,17 +191,6 @@ pub(crate) fn write_engine_marked(
         Err(_) if cancelled => Err(StoreError::Cancelled),
         Err(e) => Err(e),
     }
-}
-
-/// [`write_engine_marked`] without a journal: returns the bytes written
-/// and the number of devices.
-pub(crate) fn write_engine(
-    engine: &Engine,
-    dir: &Path,
-    now_ms: u64,
-    cancel: &dyn Fn() -> bool,
-) -> Result<(usize, usize), StoreError> {
-    write_engine_marked(engine, dir, now_ms, (0, u64::MAX), cancel).map(|(b, n, _)| (b, n))
 }
 
 /// Reads the snapshot in `dir`, if there is one. A corrupt file is moved
@@ -297,7 +286,7 @@ mod tests {
     fn round_trip_restores_everything() {
         let dir = tempfile::tempdir().unwrap();
         let e = engine_with_traffic();
-        let (_, n, _) = write_engine_marked(&e, dir.path(), 99, (1, 0), &|| false).unwrap();
+        let (_, n, _) = write_engine(&e, dir.path(), 99, (1, 0), &|| false).unwrap();
         assert_eq!(n, 5);
         let snap = read(dir.path()).unwrap().unwrap();
         assert_eq!(snap.taken_ms, 99);

@@ -580,7 +580,7 @@ fn sigterm_during_a_periodic_snapshot_keeps_every_device() {
     let s = Server::start_in(dir.path(), &args);
     // Every device sends one fix; resend until every device is in.
     let mut sent = 0;
-    for _ in 0..5 {
+    for _ in 0..10 {
         let out = fleetwire(&[
             "bench",
             "flood",
@@ -589,7 +589,7 @@ fn sigterm_during_a_periodic_snapshot_keeps_every_device() {
             "--ids",
             &DEVICES.to_string(),
             "--rate",
-            "100000",
+            "50000",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         sent += DEVICES;
@@ -783,7 +783,7 @@ fn sigterm_and_sighup_during_start_up_are_handled() {
     std::fs::write(&keys, format!("42 {KEY42}\n")).unwrap();
     let s = Server::start_in(dir.path(), &[]);
     let mut sent = 0;
-    for _ in 0..5 {
+    for _ in 0..10 {
         let out = fleetwire(&[
             "bench",
             "flood",
@@ -792,7 +792,7 @@ fn sigterm_and_sighup_during_start_up_are_handled() {
             "--ids",
             &DEVICES.to_string(),
             "--rate",
-            "100000",
+            "50000",
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         sent += DEVICES;

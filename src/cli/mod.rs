@@ -153,6 +153,8 @@ config_flags! {
     max_reading_memory: usize,
     /// Snapshot interval (e.g. 1m; 0s = only at shutdown).
     snapshot_interval: String,
+    /// Journal sync interval: what a crash may lose (0s = no journal).
+    journal_interval: String,
     /// Save and restore device state (true/false).
     snapshot: bool,
     /// QUIC certificate chain (PEM).

@@ -13,7 +13,6 @@
 pub(crate) mod config;
 pub(crate) mod device;
 pub(crate) mod geo;
-#[allow(dead_code)] // until the server writes the journal
 pub(crate) mod journal;
 #[cfg(test)]
 #[allow(unsafe_code)]
@@ -306,7 +305,6 @@ impl Engine {
     }
 
     /// Turns the journal's log of applied frames on or off in every shard.
-    #[allow(dead_code)] // until the server writes the journal
     pub(crate) fn set_journaling(&self, on: bool) {
         for s in self.shards.iter() {
             s.lock().log.set_enabled(on);
@@ -315,7 +313,6 @@ impl Engine {
 
     /// Takes every shard's log of applied frames since the last call (shard
     /// index and records), leaving buffers of `spares` in their place.
-    #[allow(dead_code)] // until the server writes the journal
     pub(crate) fn take_logs(&self, spares: &mut Vec<Vec<u8>>) -> Vec<(usize, LogChunk)> {
         let mut out = Vec::with_capacity(self.shards.len());
         for (i, s) in self.shards.iter().enumerate() {
@@ -326,7 +323,6 @@ impl Engine {
     }
 
     /// Frames the journal's log could not write down since start.
-    #[allow(dead_code)] // until the server writes the journal
     pub(crate) fn unrecorded(&self) -> u64 {
         self.shards.iter().map(|s| s.lock().log.unrecorded()).sum()
     }
@@ -334,7 +330,6 @@ impl Engine {
     /// Applies journal records in their order, skipping the first `skip`
     /// (a snapshot holds them already). Returns the records applied and
     /// the error that ended the read early, if one did.
-    #[allow(dead_code)] // until the server writes the journal
     pub(crate) fn replay(&self, records: &[u8], skip: u64) -> (u64, Option<RecordError>) {
         let mut applied = 0;
         for (k, r) in journal::records(records).enumerate() {
