@@ -242,6 +242,8 @@ fn forward_json(f: &Forwarder) -> Value {
         "acknowledged": m.acknowledged.get(),
         "failed": m.failed.get(),
         "dropped": m.dropped.get(),
+        "unconfirmed": m.unconfirmed.get(),
+        "failing": m.failing.get() > 0.0,
         "buffered": f.buffered(),
     })
 }

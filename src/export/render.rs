@@ -68,6 +68,26 @@ fn one(v: u64) -> Samples {
 
 const FLEET: &[FleetFamily] = &[
     FleetFamily {
+        name: "fleetwire_timestamps_future_total",
+        kind: "counter",
+        help: "Records of frames dated more than max_future ahead of the server clock, taken at the server's clock instead, by kind.",
+        samples: |s| {
+            s.totals.future.iter().map(|(k, v)| (Some(("kind", k.as_str())), v as f64)).collect()
+        },
+    },
+    FleetFamily {
+        name: "fleetwire_timestamps_clock_reset_total",
+        kind: "counter",
+        help: "Records whose earlier sample time replaced a kept one ahead of the server clock (the device's clock jumped back), by kind.",
+        samples: |s| {
+            s.totals
+                .clock_resets
+                .iter()
+                .map(|(k, v)| (Some(("kind", k.as_str())), v as f64))
+                .collect()
+        },
+    },
+    FleetFamily {
         name: "fleetwire_devices",
         kind: "gauge",
         help: "Devices tracked, by state (online: heard from within offline_after).",
