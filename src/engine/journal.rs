@@ -14,8 +14,9 @@
 //! Record format, repeated: the arrival time (u64 little-endian Unix ms),
 //! the size of the datagram it came in (u16, saturating), how copies are
 //! told apart (u8: 0 sequence, 1 record time), the frame's length (u16) and
-//! the frame in fleetwire's wire format (without a signature: it was
-//! checked on arrival).
+//! the frame in fleetwire's wire format: its bytes as they arrived (a
+//! signature, checked on arrival, is not checked again), or for frames made
+//! from another protocol, the frame encoded.
 
 use fleetwire_proto::MAX_FRAME_LEN;
 
@@ -74,33 +75,44 @@ impl ShardLog {
         self.unrecorded
     }
 
-    /// Writes down a frame about to be applied at `now_ms`.
+    /// Writes down a frame about to be applied at `now_ms`: its bytes as
+    /// they arrived when it came in the wire format, else encoded.
     pub(crate) fn record(&mut self, now_ms: u64, a: &Accepted<'_>) {
         if !self.enabled {
             return;
         }
         let start = self.used;
-        let room = start + RECORD_HEAD + MAX_FRAME_LEN;
+        let room = start + RECORD_HEAD + MAX_FRAME_LEN.max(a.wire.len());
         if self.buf.len() < room {
             self.buf.resize(room.max(self.buf.len() * 2), 0);
         }
         let (head, frame) = self.buf[start..room].split_at_mut(RECORD_HEAD);
-        match fleetwire_proto::encode(&a.frame, frame) {
-            Ok(len) => {
-                head[..8].copy_from_slice(&now_ms.to_le_bytes());
-                let bytes = u16::try_from(a.bytes).unwrap_or(u16::MAX);
-                head[8..10].copy_from_slice(&bytes.to_le_bytes());
-                head[10] = match a.dedup {
-                    Dedup::Sequence => 0,
-                    Dedup::RecordTime => 1,
-                };
-                // A frame is at most MAX_FRAME_LEN (1200) bytes.
-                head[11..13].copy_from_slice(&(len as u16).to_le_bytes());
-                self.used = start + RECORD_HEAD + len;
-                self.count += 1;
+        let len = match a.wire.len() {
+            0 => fleetwire_proto::encode(&a.frame, frame),
+            n => {
+                frame[..n].copy_from_slice(a.wire);
+                Ok(n)
             }
-            Err(_) => self.unrecorded += 1,
-        }
+        };
+        let Ok(len) = len else {
+            self.unrecorded += 1;
+            return;
+        };
+        // At most a datagram: 65,535 bytes.
+        let Ok(len16) = u16::try_from(len) else {
+            self.unrecorded += 1;
+            return;
+        };
+        head[..8].copy_from_slice(&now_ms.to_le_bytes());
+        let bytes = u16::try_from(a.bytes).unwrap_or(u16::MAX);
+        head[8..10].copy_from_slice(&bytes.to_le_bytes());
+        head[10] = match a.dedup {
+            Dedup::Sequence => 0,
+            Dedup::RecordTime => 1,
+        };
+        head[11..13].copy_from_slice(&len16.to_le_bytes());
+        self.used = start + RECORD_HEAD + len;
+        self.count += 1;
     }
 
     /// Takes the records logged since the last call, leaving `spare` (an
@@ -171,10 +183,10 @@ fn next_record<'a>(bytes: &mut &'a [u8]) -> Result<LoggedFrame<'a>, RecordError>
     if rest.len() < len {
         return Err(RecordError::Truncated);
     }
-    let (frame, rest) = rest.split_at(len);
-    let frame = fleetwire_proto::decode(frame).map_err(RecordError::Frame)?;
+    let (wire, rest) = rest.split_at(len);
+    let frame = fleetwire_proto::decode(wire).map_err(RecordError::Frame)?;
     *bytes = rest;
-    Ok(LoggedFrame { now_ms, accepted: Accepted { frame, bytes: size, dedup } })
+    Ok(LoggedFrame { now_ms, accepted: Accepted { frame, bytes: size, dedup, wire } })
 }
 
 #[cfg(test)]
@@ -216,6 +228,24 @@ mod tests {
         log.record(12, &Accepted::new(frame(3, 9), 40));
         let next = log.take(chunk.bytes);
         assert_eq!((next.first, next.count), (2, 1));
+    }
+
+    /// A frame that came in the wire format is written down as it came (a
+    /// signed one with its tag), and reads back as the same frame.
+    #[test]
+    fn wire_bytes_are_copied_as_they_came() {
+        let key = [7u8; 32];
+        let mut buf = [0u8; 128];
+        let n = fleetwire_proto::encode_signed(&frame(4, 1), &key, &mut buf).unwrap();
+        let f = fleetwire_proto::decode(&buf[..n]).unwrap();
+        let mut log = ShardLog::default();
+        log.set_enabled(true);
+        log.record(3, &Accepted { wire: &buf[..n], ..Accepted::new(f, n) });
+        let chunk = log.take(Vec::new());
+        assert_eq!(&chunk.bytes[RECORD_HEAD..], &buf[..n]);
+        let back = records(&chunk.bytes).next().unwrap().unwrap();
+        assert_eq!(back.accepted.frame, f);
+        assert_eq!(back.accepted.wire, &buf[..n]);
     }
 
     #[test]

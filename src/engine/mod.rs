@@ -54,12 +54,16 @@ pub(crate) struct Accepted<'a> {
     pub bytes: usize,
     /// How copies are recognised.
     pub dedup: Dedup,
+    /// The frame's bytes as they arrived in fleetwire's wire format, when it
+    /// came in that format (the journal copies them instead of encoding the
+    /// frame again); empty for frames made from another protocol.
+    pub wire: &'a [u8],
 }
 
 impl<'a> Accepted<'a> {
     /// A frame of fleetwire's wire format that came in `bytes` bytes.
     pub(crate) fn new(frame: Frame<'a>, bytes: usize) -> Self {
-        Accepted { frame, bytes, dedup: Dedup::Sequence }
+        Accepted { frame, bytes, dedup: Dedup::Sequence, wire: &[] }
     }
 }
 

@@ -307,7 +307,7 @@ impl Pipeline {
             }
         }
         self.policy.check(t, now_ms, d.source, &frame)?;
-        Ok(Accepted::new(frame, d.bytes.len()))
+        Ok(Accepted { wire: d.bytes, ..Accepted::new(frame, d.bytes.len()) })
     }
 
     /// Counts a datagram (or request) of another protocol that its decoder
