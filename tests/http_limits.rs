@@ -180,3 +180,80 @@ fn expensive_requests_are_bounded_and_scrapes_share_a_rendering() {
     assert!(distinct.len() < 16, "{} different bodies for 32 scrapes", distinct.len());
     assert_eq!(s.json("/healthz")["status"], "ok");
 }
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Clients that ask for the largest responses and then read nothing hold
+/// at most two of them in memory (an expensive response keeps its turn
+/// until it is sent), the rest are told `503`, and after 30 s without
+/// progress their connections are closed and the turns free again. Before,
+/// a turn ended with the computation, so 24 stuck clients held 24 bodies.
+#[test]
+fn clients_that_read_nothing_hold_at_most_two_large_bodies() {
+    let s = Server::start(&["--max-exported-devices", "1000", "--snapshot", "false"]);
+    let out = fleetwire(&[
+        "bench",
+        "flood",
+        "--target",
+        &s.udp.to_string(),
+        "--ids",
+        "100000",
+        "--rate",
+        "50000",
+    ]);
+    assert!(out.status.success());
+    s.wait_until(60, "the flood", |s| s.received("udp") >= 95_000);
+    let path = "/api/positions.geojson?limit=100000";
+    let body = ureq::get(&s.url(path))
+        .call()
+        .unwrap()
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap()
+        .len() as u64;
+    assert!(body > 10_000_000, "{body} bytes");
+    let before = rss_bytes(s.pid());
+    let stuck: Vec<TcpStream> = (0..24)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.http).unwrap();
+            socket2::SockRef::from(&c).set_recv_buffer_size(4096).unwrap();
+            write!(c, "GET {path} HTTP/1.1\r\nHost: fleetwire\r\n\r\n").unwrap();
+            c
+        })
+        .collect();
+    // The queue's 5 s pass: the ones without a turn are answered 503.
+    let mut peak = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(8) {
+        peak = peak.max(rss_bytes(s.pid()));
+        let h = Instant::now();
+        assert_eq!(s.json("/healthz")["status"], "ok");
+        assert!(h.elapsed() < Duration::from_secs(1), "healthz took {:?}", h.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 4 * body,
+        "resident memory grew by {grew} bytes with 24 stuck clients (one body is {body} bytes)"
+    );
+    assert!(s.metric("fleetwire_http_busy_total", &[]) >= 20.0);
+    // After 30 s without progress the stuck connections are closed and the
+    // turns are free: a new request is answered.
+    s.wait_until(60, "the stuck connections to be closed", |s| {
+        s.metric("fleetwire_http_connections", &[]) <= 1.0
+    });
+    let r = ureq::get(&s.url(path)).config().http_status_as_error(false).build().call().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    drop(stuck);
+}

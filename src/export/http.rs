@@ -118,25 +118,45 @@ async fn map_asset(Path(path): Path<String>) -> Response {
     }
 }
 
-/// Most expensive requests (`/metrics`, listings, GeoJSON) worked on at
-/// once: they walk the device table, which the receive path needs too.
+/// Most expensive requests (listings, GeoJSON) worked on or being sent at
+/// once: they walk the device table, which the receive path needs too, and
+/// their bodies are large. `/metrics` is bounded apart ([`METRICS_BODIES`]).
 const HEAVY_AT_ONCE: usize = 2;
 /// How long an expensive request waits for its turn before a `503`.
 const HEAVY_QUEUE: std::time::Duration = std::time::Duration::from_secs(5);
 /// What bounds the expensive requests.
 pub(crate) struct Heavy {
-    turns: tokio::sync::Semaphore,
+    /// Held while an expensive response is computed and, for listings and
+    /// GeoJSON, until its body is sent or its connection closed: at most
+    /// [`HEAVY_AT_ONCE`] such bodies exist at a time.
+    turns: Arc<tokio::sync::Semaphore>,
     /// The last `/metrics` body and when its rendering began.
-    metrics: tokio::sync::Mutex<Option<(Instant, axum::body::Bytes)>>,
+    metrics: tokio::sync::Mutex<Option<(Instant, Arc<Rendered>)>>,
+    /// One per `/metrics` body alive (cached, being sent, being rendered):
+    /// at most [`METRICS_BODIES`] exist at a time.
+    metrics_bodies: Arc<tokio::sync::Semaphore>,
     refused: crate::telemetry::Counter,
+}
+
+/// `/metrics` bodies alive at once: the cached one, an older one still
+/// being sent to a slow scraper, and the next rendering. Scrapes do not take
+/// the listings' turns (a stuck listing client must not stop scraping);
+/// they share renderings instead.
+const METRICS_BODIES: usize = 3;
+
+/// A rendered `/metrics` body and its place among [`METRICS_BODIES`].
+struct Rendered {
+    body: axum::body::Bytes,
+    _alive: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Heavy {
     /// The limits, counting refusals in `r`.
     pub(crate) fn new(r: &Registry) -> Self {
         Heavy {
-            turns: tokio::sync::Semaphore::new(HEAVY_AT_ONCE),
+            turns: Arc::new(tokio::sync::Semaphore::new(HEAVY_AT_ONCE)),
             metrics: tokio::sync::Mutex::new(None),
+            metrics_bodies: Arc::new(tokio::sync::Semaphore::new(METRICS_BODIES)),
             refused: r.counter(
                 "fleetwire_http_busy_total",
                 "Expensive HTTP requests (/metrics, /api/devices, /api/positions.geojson) answered 503 after waiting their turn for 5 s.",
@@ -156,18 +176,53 @@ fn busy(h: &Heavy) -> Response {
     r
 }
 
-/// Runs the expensive `f` on a blocking thread (walking the device table,
-/// rendering: the async runtime also drives QUIC) once it is its turn.
-async fn blocking<T: Send + 'static>(
+/// Runs the expensive `f` on a blocking thread (walking the device table:
+/// the async runtime also drives QUIC) once it is its turn, returning the
+/// turn with the result so that the body can keep it until it is sent.
+async fn held<T: Send + 'static>(
     heavy: &Heavy,
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Response> {
-    let Ok(Ok(_turn)) = tokio::time::timeout(HEAVY_QUEUE, heavy.turns.acquire()).await else {
+) -> Result<(T, tokio::sync::OwnedSemaphorePermit), Response> {
+    let turn = tokio::time::timeout(HEAVY_QUEUE, heavy.turns.clone().acquire_owned()).await;
+    let Ok(Ok(turn)) = turn else {
         return Err(busy(heavy));
     };
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Ok((v, turn)),
+        Err(_) => Err(StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+    }
+}
+
+/// A response body that keeps `turn` until it has been sent (or its
+/// connection closed), sent in pieces of 64 KiB.
+fn held_body(bytes: Vec<u8>, turn: tokio::sync::OwnedSemaphorePermit) -> axum::body::Body {
+    const PIECE: usize = 64 << 10;
+    let bytes = axum::body::Bytes::from(bytes);
+    let pieces = futures_util::stream::unfold((bytes, Some(turn)), |(mut rest, turn)| async move {
+        if rest.is_empty() {
+            // The turn goes with the last piece's state.
+            drop(turn);
+            return None;
+        }
+        let piece = rest.split_to(rest.len().min(PIECE));
+        Some((Ok::<_, std::convert::Infallible>(piece), (rest, turn)))
+    });
+    axum::body::Body::from_stream(pieces)
+}
+
+/// A body sending the shared rendering `r` in pieces of 64 KiB, keeping
+/// it (and its place) until sent or the connection closed.
+fn shared_body(r: Arc<Rendered>) -> axum::body::Body {
+    const PIECE: usize = 64 << 10;
+    let pieces = futures_util::stream::unfold((r, 0usize), |(r, at)| async move {
+        if at >= r.body.len() {
+            return None;
+        }
+        let end = r.body.len().min(at + PIECE);
+        let piece = r.body.slice(at..end);
+        Some((Ok::<_, std::convert::Infallible>(piece), (r, end)))
+    });
+    axum::body::Body::from_stream(pieces)
 }
 
 /// Everything `/metrics` shows: every component's series, then the engine's.
@@ -182,27 +237,33 @@ async fn metrics(
     State(st): State<Arc<HttpState>>,
     Extension(heavy): Extension<Arc<Heavy>>,
 ) -> Response {
-    let ok = |body: axum::body::Bytes| {
-        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    let ok = |r: Arc<Rendered>| {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], shared_body(r))
+            .into_response()
     };
     // Scrapes arriving together wait for one rendering and share its body:
     // one that began after this scrape arrived (so no scrape is answered
     // with values from before it asked; a lone scraper always renders).
     let asked = Instant::now();
-    let Ok(mut cached) = tokio::time::timeout(HEAVY_QUEUE, heavy.metrics.lock()).await else {
+    let deadline = tokio::time::Instant::from_std(asked + HEAVY_QUEUE);
+    let Ok(mut cached) = tokio::time::timeout_at(deadline, heavy.metrics.lock()).await else {
         return busy(&heavy);
     };
-    if let Some((_, body)) = cached.as_ref().filter(|(began, _)| *began >= asked) {
-        return ok(body.clone());
+    if let Some((_, r)) = cached.as_ref().filter(|(began, _)| *began >= asked) {
+        return ok(r.clone());
     }
+    let place = tokio::time::timeout_at(deadline, heavy.metrics_bodies.clone().acquire_owned());
+    let Ok(Ok(place)) = place.await else {
+        return busy(&heavy);
+    };
     let began = Instant::now();
-    match blocking(&heavy, move || render_all(&st)).await {
+    match tokio::task::spawn_blocking(move || render_all(&st)).await {
         Ok(body) => {
-            let body = axum::body::Bytes::from(body);
-            *cached = Some((began, body.clone()));
-            ok(body)
+            let r = Arc::new(Rendered { body: body.into(), _alive: place });
+            *cached = Some((began, r.clone()));
+            ok(r)
         }
-        Err(r) => r,
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
 
@@ -308,7 +369,7 @@ async fn devices(
     Extension(heavy): Extension<Arc<Heavy>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let r = blocking(&heavy, move || {
+    let r = held(&heavy, move || {
         let limit = q.limit.unwrap_or(1000).min(MAX_PAGE);
         let offset = q.offset.unwrap_or(0);
         let now = now_ms();
@@ -330,11 +391,14 @@ async fn devices(
             .filter_map(|id| st.engine.with_device(*id, |d| Brief::of(d, now, off)))
             .collect();
         let page: Vec<Value> = page.iter().map(Brief::json).collect();
-        json!({"total": total, "offset": offset, "limit": limit, "next_after": next_after, "devices": page})
+        let v = json!({"total": total, "offset": offset, "limit": limit, "next_after": next_after, "devices": page});
+        serde_json::to_vec(&v).unwrap_or_default()
     })
     .await;
     match r {
-        Ok(v) => Json(v).into_response(),
+        Ok((body, turn)) => {
+            ([(header::CONTENT_TYPE, "application/json")], held_body(body, turn)).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -414,7 +478,7 @@ async fn geojson(
     Extension(heavy): Extension<Arc<Heavy>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let r = blocking(&heavy, move || {
+    let r = held(&heavy, move || {
         let limit = q.limit.unwrap_or(10_000).min(MAX_FEATURES);
         let now = now_ms();
         let off = st.engine.config();
@@ -445,7 +509,10 @@ async fn geojson(
     })
     .await;
     match r {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/geo+json")], body).into_response(),
+        Ok((body, turn)) => {
+            ([(header::CONTENT_TYPE, "application/geo+json")], held_body(body, turn))
+                .into_response()
+        }
         Err(r) => r,
     }
 }

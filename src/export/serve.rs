@@ -29,6 +29,9 @@ use crate::transport::sys;
 /// A request's head must arrive within this; an idle keep-alive
 /// connection is closed after it.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection whose client takes no bytes of a response for this long is
+/// closed.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// File descriptors kept free of HTTP connections (sockets, snapshot and
 /// state files, the process's own).
 const RESERVED_FDS: u64 = 256;
@@ -181,7 +184,13 @@ async fn serve_connection(
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    // A client that takes no bytes for WRITE_TIMEOUT is gone or stuck: its
+    // connection closes, and the response it held (memory, an expensive
+    // request's turn) is let go.
+    let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let io = TokioIo::new(Box::pin(stream));
+    let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
