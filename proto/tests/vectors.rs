@@ -32,6 +32,19 @@ fn there_are_enough_vectors() {
     }
 }
 
+/// The fuzz target starts from every golden vector: each has its seed
+/// file, `fuzz/seeds/decode/<name>`, holding its bytes.
+#[test]
+fn every_vector_is_a_fuzz_seed() {
+    let seeds = format!("{}/fuzz/seeds/decode", env!("CARGO_MANIFEST_DIR"));
+    for v in load("valid.json").iter().chain(&load("invalid.json")) {
+        let name = v["name"].as_str().expect("name");
+        let seed = std::fs::read(format!("{seeds}/{name}"))
+            .unwrap_or_else(|e| panic!("no seed for vector {name}: {e}"));
+        assert_eq!(seed, bytes(v, "hex").expect("hex"), "seed {name} differs from its vector");
+    }
+}
+
 #[test]
 fn valid_vectors_decode_to_their_fields() {
     for v in load("valid.json") {
