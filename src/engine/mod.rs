@@ -351,28 +351,42 @@ impl Engine {
     }
 
     /// Puts restored devices back (from a snapshot), least recently seen first.
-    pub(crate) fn restore(&self, devices: Vec<Device>, totals: Option<ShardTotals>) {
-        // Per shard, keep the most recently seen devices that fit (the
-        // configuration may have shrunk since the snapshot), and insert them
-        // least recently seen first so the eviction order is right.
-        let mut per_shard: Vec<Vec<Device>> = (0..self.shards.len()).map(|_| Vec::new()).collect();
-        for d in devices {
-            let s = self.shard_of(d.id);
-            if let Some(v) = per_shard.get_mut(s) {
-                v.push(d);
+    ///
+    /// Sorted in place and taken from the back, so the restored devices and
+    /// the vector they came in are not both whole in memory at once (1 M
+    /// devices are hundreds of MB).
+    pub(crate) fn restore(&self, mut devices: Vec<Device>, totals: Option<ShardTotals>) {
+        // Shard by shard, most recently seen first: popping from the back
+        // gives the last shard's devices least recently seen first, the
+        // order they go in so that the eviction order is right.
+        devices.sort_unstable_by_key(|d| {
+            (self.shard_of(d.id), std::cmp::Reverse(d.last_seen_ms), d.id)
+        });
+        let mut counts = vec![0usize; self.shards.len()];
+        for d in &devices {
+            if let Some(c) = counts.get_mut(self.shard_of(d.id)) {
+                *c += 1;
             }
         }
+        // Per shard, keep the most recently seen devices that fit (the
+        // configuration may have shrunk since the snapshot).
         let cap = self.cfg.max_devices_per_shard.max(1);
         let mut dropped = 0u64;
-        for (s, mut v) in per_shard.into_iter().enumerate() {
-            v.sort_by_key(|d| std::cmp::Reverse(d.last_seen_ms));
-            if v.len() > cap {
-                dropped += (v.len() - cap) as u64;
-                v.truncate(cap);
-            }
+        for (s, &here) in counts.iter().enumerate().rev() {
             let mut shard = self.shards[s].lock();
-            for d in v.into_iter().rev() {
-                shard.restore(d);
+            shard.reserve(here.min(cap));
+            // `rank` is the device's place among its shard's, newest first.
+            for rank in (0..here).rev() {
+                let Some(d) = devices.pop() else { break };
+                if rank >= cap {
+                    dropped += 1;
+                } else {
+                    shard.restore(d);
+                }
+            }
+            drop(shard);
+            if devices.len() < devices.capacity() / 2 {
+                devices.shrink_to_fit();
             }
         }
         if let Some(mut t) = totals {

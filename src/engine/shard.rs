@@ -210,6 +210,14 @@ impl Shard {
         i
     }
 
+    /// Makes room for `n` more devices (before restoring them, so the
+    /// tables grow once instead of doubling).
+    pub(crate) fn reserve(&mut self, n: usize) {
+        self.index.reserve(n);
+        self.devices.reserve_exact(n);
+        self.links.reserve_exact(n);
+    }
+
     /// Inserts a device restored from a snapshot (no eviction, no counting).
     pub(crate) fn restore(&mut self, mut d: Device) {
         if self.index.contains_key(&d.id) {
