@@ -146,10 +146,6 @@ impl Journal {
         self.run
     }
 
-    fn path(&self, n: u64) -> PathBuf {
-        self.dir.join(format!("{PREFIX}{n:010}"))
-    }
-
     /// Writes the frames applied since the last sync and syncs them. On a
     /// failure those frames are not in the journal (the next snapshot still
     /// holds their effect); the error says why.
@@ -164,32 +160,42 @@ impl Journal {
             return Ok(());
         }
         let t = Instant::now();
+        // The segment's header and the chunks' headers are built here; the
+        // chunks' bytes are written from the shards' logs as they are (no
+        // copy of a second of traffic), the CRC running over all of it.
         let seg = &mut self.segment;
         seg.clear();
-        seg.extend_from_slice(&[0; 8]);
-        seg.extend_from_slice(&now_ms.to_le_bytes());
+        let mut payload_len = 8usize;
+        let mut heads = Vec::with_capacity(chunks.len());
         for (shard, c) in &chunks {
             if c.count == 0 {
                 continue;
             }
-            seg.extend_from_slice(&(*shard as u32).to_le_bytes());
-            seg.extend_from_slice(&c.first.to_le_bytes());
-            seg.extend_from_slice(&c.count.to_le_bytes());
-            seg.extend_from_slice(&(c.bytes.len() as u32).to_le_bytes());
-            seg.extend_from_slice(&c.bytes);
+            let mut h = [0u8; 20];
+            h[..4].copy_from_slice(&(*shard as u32).to_le_bytes());
+            h[4..12].copy_from_slice(&c.first.to_le_bytes());
+            h[12..16].copy_from_slice(&c.count.to_le_bytes());
+            h[16..20].copy_from_slice(&(c.bytes.len() as u32).to_le_bytes());
+            payload_len += h.len() + c.bytes.len();
+            heads.push((h, c.bytes.as_slice()));
         }
+        let mut crc = crc32c::crc32c(&now_ms.to_le_bytes());
+        for (h, b) in &heads {
+            crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, h), b);
+        }
+        seg.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        seg.extend_from_slice(&crc.to_le_bytes());
+        seg.extend_from_slice(&now_ms.to_le_bytes());
+        let r = Self::append(&self.dir, self.run, &mut self.number, &mut self.file, seg, &heads);
+        drop(heads);
         self.spares.extend(chunks.into_iter().map(|(_, c)| c.bytes));
-        let payload_len = self.segment.len() - 8;
-        let crc = crc32c::crc32c(&self.segment[8..]);
-        self.segment[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-        self.segment[4..8].copy_from_slice(&crc.to_le_bytes());
-        let r = self.append();
+        let written = (8 + payload_len) as u64;
         self.metrics.sync_seconds.set(t.elapsed().as_secs_f64());
         match &r {
             Ok(()) => {
                 self.metrics.syncs.inc();
                 self.metrics.records.add(records);
-                self.metrics.bytes.add(self.segment.len() as u64);
+                self.metrics.bytes.add(written);
             }
             Err(_) => {
                 self.metrics.failures.inc();
@@ -202,21 +208,32 @@ impl Journal {
         r
     }
 
-    fn append(&mut self) -> Result<(), StoreError> {
-        let path = self.path(self.number);
+    fn append(
+        dir: &Path,
+        run: u64,
+        number: &mut u64,
+        file: &mut Option<File>,
+        head: &[u8],
+        chunks: &[([u8; 20], &[u8])],
+    ) -> Result<(), StoreError> {
+        let path = dir.join(format!("{PREFIX}{:010}", *number));
         let err = io_err(&path);
-        if self.file.is_none() {
-            std::fs::create_dir_all(&self.dir).map_err(&err)?;
+        if file.is_none() {
+            std::fs::create_dir_all(dir).map_err(&err)?;
             let mut f = File::create_new(&path).map_err(&err)?;
             f.write_all(MAGIC).map_err(&err)?;
-            f.write_all(&self.run.to_le_bytes()).map_err(&err)?;
-            if let Ok(d) = File::open(&self.dir) {
+            f.write_all(&run.to_le_bytes()).map_err(&err)?;
+            if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
             }
-            self.file = Some(f);
+            *file = Some(f);
         }
-        let f = self.file.as_mut().ok_or_else(|| err(std::io::Error::other("no file")))?;
-        f.write_all(&self.segment).map_err(&err)?;
+        let f = file.as_mut().ok_or_else(|| err(std::io::Error::other("no file")))?;
+        f.write_all(head).map_err(&err)?;
+        for (h, b) in chunks {
+            f.write_all(h).map_err(&err)?;
+            f.write_all(b).map_err(&err)?;
+        }
         f.sync_data().map_err(&err)
     }
 

@@ -84,7 +84,10 @@ impl ShardLog {
         let start = self.used;
         let room = start + RECORD_HEAD + MAX_FRAME_LEN.max(a.wire.len());
         if self.buf.len() < room {
-            self.buf.resize(room.max(self.buf.len() * 2), 0);
+            // Zero only the new room (the Vec doubles its capacity, but
+            // pages past the length are never touched, so the log's
+            // resident memory is what it holds, not twice that).
+            self.buf.resize(room, 0);
         }
         let (head, frame) = self.buf[start..room].split_at_mut(RECORD_HEAD);
         let len = match a.wire.len() {
@@ -120,6 +123,11 @@ impl ShardLog {
     /// once warm) in their place.
     pub(crate) fn take(&mut self, mut spare: Vec<u8>) -> LogChunk {
         spare.clear();
+        // A spare left from a burst would keep its memory resident for
+        // good: past four times what this interval held, start afresh.
+        if spare.capacity() > 4 * self.used.max(1 << 16) {
+            spare = Vec::new();
+        }
         let mut bytes = std::mem::replace(&mut self.buf, spare);
         bytes.truncate(self.used);
         self.used = 0;
