@@ -147,7 +147,7 @@ def crashes(tmp, cap, devices, rate, n):
             "--quic-listen", "off", "--teltonika-listen", "off", "--osmand-listen", "off", "--data-dir", data,
             "--snapshot-interval", "60s"]
 
-    def start():
+    def start(restoring=False):
         t = time.time()
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, RUST_LOG="warn"))
@@ -157,9 +157,10 @@ def crashes(tmp, cap, devices, rate, n):
                 with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/summary", timeout=5) as r:
                     return p, time.time() - t, json.loads(r.read())
             except Exception:  # noqa: BLE001
-                if p.poll() is not None:
-                    raise RuntimeError("serve exited")
-                time.sleep(0.02)
+                pass
+            if p.poll() is not None:
+                raise RuntimeError("serve exited")
+            time.sleep(0.02)
 
     p, _, _ = start()
     R.run_json(["bench", "flood", "--target", f"127.0.0.1:{udp}", "--ids", str(devices), "--rate", "250000"])
@@ -182,6 +183,71 @@ def crashes(tmp, cap, devices, rate, n):
     p.wait()
     corrupt = [f for f in os.listdir(data) if ".corrupt-" in f]
     return {"crashes": results, "corrupt_files": corrupt}
+
+
+def restore_memory(tmp, devices, readings):
+    """Peak resident memory while `devices` devices with `readings` named
+    readings each are tracked and snapshotted, restored after a stop, and
+    scraped (one, then 8 concurrent scrapes)."""
+    data = os.path.join(tmp, "restore-data")
+    os.makedirs(data, exist_ok=True)
+    http = R.free_port(R.socket.SOCK_STREAM)
+    udp = R.free_port()
+    args = [R.BIN, "serve", "--udp-listen", f"127.0.0.1:{udp}", "--http-listen", f"127.0.0.1:{http}",
+            "--quic-listen", "off", "--teltonika-listen", "off", "--osmand-listen", "off", "--data-dir", data,
+            "--snapshot-interval", "5s"]
+    def hwm(pid):
+        """The process's peak resident memory so far (VmHWM: exact, not sampled)."""
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}{path}", timeout=120) as r:
+            return r.read()
+
+    def start(restoring=False):
+        t = time.time()
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, RUST_LOG="warn"))
+        threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+        while True:
+            try:
+                summary = json.loads(get("/api/summary"))
+                if summary["devices"] > 0 or not restoring:
+                    return p, time.time() - t, summary
+            except Exception:  # noqa: BLE001
+                pass
+            if p.poll() is not None:
+                raise RuntimeError("serve exited")
+            time.sleep(0.02)
+
+    out = {"devices": devices, "readings": readings}
+    p, _, _ = start()
+    R.run_json(["bench", "flood", "--target", f"127.0.0.1:{udp}", "--ids", str(devices), "--rate", "100000",
+                "--readings", str(readings)])
+    time.sleep(12)  # two snapshots
+    out["tracking_peak"] = hwm(p.pid)
+    p.terminate()
+    out["exit"] = p.wait(120)
+    p, restart_s, summary = start(restoring=True)
+    out["restore_s"] = restart_s
+    out["restored_devices"] = summary["devices"]
+    time.sleep(1)
+    out["restore_peak"] = hwm(p.pid)
+    out["metrics_bytes"] = len(get("/metrics"))
+    scrapes = [threading.Thread(target=get, args=("/metrics",)) for _ in range(8)]
+    for t in scrapes:
+        t.start()
+    for t in scrapes:
+        t.join()
+    time.sleep(6)  # and a snapshot of the restored state
+    out["after_scrapes_peak"] = hwm(p.pid)
+    p.terminate()
+    p.wait(120)
+    return out
 
 
 def main():
@@ -233,7 +299,14 @@ def main():
     finally:
         srv.stop()
 
-    R.log("== 3. crashes")
+    R.log("== 3. memory: tracking, restoring and scraping devices with readings")
+    out["restore_memory"] = restore_memory(tmp, devices, 32)
+    m = out["restore_memory"]
+    R.log(f"   {m['restored_devices']} devices restored in {m['restore_s']:.2f} s; peaks: tracking "
+          f"{m['tracking_peak'] / 2**20:.0f} MiB, restore {m['restore_peak'] / 2**20:.0f} MiB, with scrapes "
+          f"{m['after_scrapes_peak'] / 2**20:.0f} MiB (/metrics {m['metrics_bytes'] / 1e6:.1f} MB)")
+
+    R.log("== 4. crashes")
     n = 5 if a.quick else 30
     # Enough frames that the traffic never repeats during the crashes (a
     # repeated frame is a duplicate, and duplicates add no records).
