@@ -231,6 +231,67 @@ fn a_resuming_client_gets_what_it_missed_and_nothing_twice() {
 }
 
 #[test]
+fn a_snapshot_read_a_page_at_a_time_holds_every_device_once() {
+    // 1,000 devices: several pages of 64 in every shard.
+    let s = Server::in_process(&[]);
+    let sock = udp_sender();
+    let before = s.received("udp");
+    let t0 = now_ms() - 100_000;
+    for d in 1..=1000u32 {
+        let lat = 48.0 + f64::from(d) * 0.0001;
+        sock.send_to(&fix(d, 0, t0, lat, 11.0), s.udp).unwrap();
+        if d % 100 == 0 {
+            // Leave the receive buffer room.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    s.wait_received("udp", before + 1000);
+    let c = SseClient::connect(&s, "", None, None);
+    let snap = c.read_until(20, |e| e.event == "snapshot_end");
+    let mut ids: Vec<u64> = snap
+        .iter()
+        .filter(|e| e.event == "device")
+        .map(|e| e.data["device"].as_u64().unwrap())
+        .collect();
+    assert_eq!(snap.last().unwrap().data["devices"], 1000);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids, (1..=1000).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_client_that_stayed_away_longer_than_the_replay_age_gets_a_snapshot() {
+    // The only client leaves; past the replay age no messages are made, so
+    // a resume from before could not be complete: a fresh snapshot, not a
+    // resume with a silent hole.
+    let s = Server::in_process(&["--stream-replay-age", "1s"]);
+    let c = SseClient::connect(&s, "device=7", None, None);
+    c.read_until(10, |e| e.event == "snapshot_end");
+    send_fixes(&s, 7, 0, 2, 11.0);
+    let id = c.read_until(10, |e| e.event == "position").last().unwrap().id;
+    drop(c);
+    // Until the server has seen the client go (its next write fails), and
+    // then for the replay age, messages are still made.
+    let mut seq = 2;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.metric("fleetwire_stream_clients", &[("protocol", "sse")]) > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "the server never saw the client go");
+        send_fixes(&s, 7, seq, 1, 11.0);
+        seq += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    send_fixes(&s, 7, seq, 5, 11.0);
+    let c = SseClient::connect(&s, "device=7", Some(id), None);
+    let again = c.read_until(10, |e| e.event == "snapshot_end");
+    let device: Vec<&Sse> = again.iter().filter(|e| e.event == "device").collect();
+    assert_eq!(device.len(), 1, "{again:?}");
+    // The snapshot holds the newest fix, sent while nobody listened.
+    let lat = device[0].data["position"]["latitude"].as_f64().unwrap();
+    assert!((lat - (48.0 + f64::from(seq + 4) * 0.0001)).abs() < 1e-6, "{lat}");
+}
+
+#[test]
 fn bad_filters_and_too_many_clients_are_refused() {
     let s = Server::in_process(&["--stream-max-clients", "2"]);
     for (q, param) in

@@ -4,7 +4,8 @@
 //! built-in map (`/map`, [`assets`]) that follows it.
 //!
 //! The receive path never waits for a client. The [`StreamHub`] is a record
-//! sink of the pipeline: while clients are connected it copies a few fields
+//! sink of the pipeline: while clients are connected (and for the replay
+//! age after the last one left, so it can resume) it copies a few fields
 //! of each new record (device, kind, time: no allocation) into a bounded
 //! queue (full: the event is dropped and counted). One task drains it,
 //! builds each message once from the engine's state (copied under the
@@ -24,7 +25,7 @@ pub(crate) mod serve;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -131,6 +132,12 @@ pub(crate) struct StreamHub {
     broadcast: broadcast::Sender<Arc<Message>>,
     replay: Mutex<VecDeque<Arc<Message>>>,
     next_id: AtomicU64,
+    /// Records went by with no client connected (no messages were made):
+    /// a resume from before then cannot be complete.
+    gap: AtomicBool,
+    /// When the last client left (ms): messages are still made for
+    /// `replay_age` after, so that client can resume.
+    last_left_ms: AtomicU64,
     pub(crate) metrics: StreamMetrics,
 }
 
@@ -148,6 +155,8 @@ impl StreamHub {
             broadcast,
             replay: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(1),
+            gap: AtomicBool::new(false),
+            last_left_ms: AtomicU64::new(0),
             metrics: StreamMetrics::register(r),
         })
     }
@@ -160,6 +169,7 @@ impl StreamHub {
             self.metrics.refused.inc();
             return None;
         }
+        self.gap.store(false, Ordering::Release);
         Some(ClientSlot { hub: self.clone(), rx: self.broadcast.subscribe() })
     }
 
@@ -180,6 +190,27 @@ impl StreamHub {
         Some(r.iter().filter(|m| m.id > last_id).cloned().collect())
     }
 
+    /// Whether messages are being made: while a client is connected and
+    /// for `replay_age` after the last one left (it may come back with
+    /// `Last-Event-ID`).
+    fn active(&self, now_ms: u64) -> bool {
+        self.clients.load(Ordering::Relaxed) > 0
+            || now_ms.saturating_sub(self.last_left_ms.load(Ordering::Relaxed))
+                < self.cfg.replay_age.as_millis() as u64
+    }
+
+    /// Notes that something happened while no client was connected: the
+    /// messages it would have made do not exist, so the replay buffer is
+    /// emptied and one id skipped, and a client resuming from before gets
+    /// a fresh snapshot instead of a resume with a silent hole.
+    fn skipped(&self) {
+        if !self.gap.load(Ordering::Relaxed) && !self.gap.swap(true, Ordering::AcqRel) {
+            let mut r = self.replay.lock();
+            r.clear();
+            self.next_id.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Numbers a message, keeps it for resumes and broadcasts it.
     fn publish(&self, mut m: Message) {
         m.id = self.next_id.fetch_add(1, Ordering::AcqRel);
@@ -197,10 +228,13 @@ impl StreamHub {
 
     /// Online/offline transitions found by the engine's tick.
     pub(crate) fn transitions(&self, changed: &[(u32, bool)]) {
-        if self.clients.load(Ordering::Acquire) == 0 {
+        let now = now_ms();
+        if !self.active(now) {
+            if !changed.is_empty() {
+                self.skipped();
+            }
             return;
         }
-        let now = now_ms();
         for &(device, online) in changed {
             let (last_seen, fix) =
                 self.engine.with_device(device, |d| (d.last_seen_ms, d.fix)).unwrap_or((0, None));
@@ -245,10 +279,11 @@ impl StreamHub {
 
 impl RecordSink for StreamHub {
     fn push(&self, records: &NewRecords<'_>) {
-        if self.clients.load(Ordering::Relaxed) == 0 {
+        let now = records.now_ms;
+        if !self.active(now) {
+            self.skipped();
             return;
         }
-        let now = records.now_ms;
         for (f, fix) in records.frames_with_fix() {
             let base = if f.timestamp_ms == 0 { now } else { f.timestamp_ms };
             let d = f.device_id;
@@ -303,6 +338,8 @@ pub(crate) struct ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.hub.clients.fetch_sub(1, Ordering::AcqRel);
+        if self.hub.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.hub.last_left_ms.store(now_ms(), Ordering::Relaxed);
+        }
     }
 }
