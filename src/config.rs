@@ -183,7 +183,7 @@ impl Default for Config {
             stream_keepalive: Duration::from_secs(15),
             stream_replay: 10_000,
             stream_replay_age: Duration::from_secs(60),
-            stream_client_queue: 1024,
+            stream_client_queue: 16_384,
             devices_file: PathBuf::new(),
             auto_register: true,
             auto_register_limit: 100_000,

@@ -267,6 +267,26 @@ impl Engine {
         out
     }
 
+    /// How many shards there are.
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Calls `f` on up to `budget` devices of shard `s` with ids above
+    /// `after`, in id order, under the shard's lock (keep `f` short).
+    /// Returns the last id visited, or `None` when the shard has no more:
+    /// a cursor that walks the fleet a page at a time.
+    pub(crate) fn visit_after(
+        &self,
+        s: usize,
+        after: Option<u32>,
+        budget: usize,
+        f: &mut dyn FnMut(&Device),
+    ) -> Option<u32> {
+        let shard = self.shards.get(s)?.lock();
+        shard.visit_after(after, budget, f)
+    }
+
     /// Calls `f` for every device of each shard in turn, holding one shard's
     /// lock at a time. Keep `f` short: ingest on that shard waits.
     pub(crate) fn for_each_shard(&self, mut f: impl FnMut(&Shard)) {
@@ -275,17 +295,6 @@ impl Engine {
             #[cfg(test)]
             let _held = probe::Held::new(&self.allocations_under_lock);
             f(&shard);
-        }
-    }
-
-    /// Calls `f` with a copy of each shard's devices in turn, until it
-    /// returns false; the shard's lock is held only while copying.
-    pub(crate) fn for_each_shard_owned(&self, f: &mut dyn FnMut(Vec<Device>) -> bool) {
-        for s in self.shards.iter() {
-            let devices = s.lock().devices().to_vec();
-            if !f(devices) {
-                return;
-            }
         }
     }
 

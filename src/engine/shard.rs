@@ -99,6 +99,30 @@ impl Shard {
         self.index.get(&id).and_then(|&i| self.devices.get(i as usize))
     }
 
+    /// Calls `f` on up to `budget` devices with ids above `after` (from the
+    /// first, without), in id order. Returns the last id visited, or `None`
+    /// when the shard has no more.
+    pub(crate) fn visit_after(
+        &self,
+        after: Option<u32>,
+        budget: usize,
+        f: &mut dyn FnMut(&Device),
+    ) -> Option<u32> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        let mut last = None;
+        for (looked, &id) in self.sorted.range((from, Unbounded)).enumerate() {
+            if looked == budget {
+                return last;
+            }
+            if let Some(d) = self.get(id) {
+                f(d);
+            }
+            last = Some(id);
+        }
+        None
+    }
+
     /// Looks at up to `budget` ids above `after` (from the first, without),
     /// in order, appending to `out` those of devices `keep` accepts.
     /// Returns the last id looked at, or `None` when the shard has no more.

@@ -32,6 +32,9 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection whose client takes no bytes of a response for this long is
 /// closed.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest request head, and most bytes queued for one connection's writes.
+const MAX_BUF: usize = 16 << 10;
 /// File descriptors kept free of HTTP connections (sockets, snapshot and
 /// state files, the process's own).
 const RESERVED_FDS: u64 = 256;
@@ -183,10 +186,16 @@ async fn serve_connection(
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    // MAX_BUF: the most a request head may be, and what hyper queues for a
+    // client before it stops asking the body for more: a stream client that
+    // stops reading holds this much, not hyper's default ~400 KB.
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).max_buf_size(MAX_BUF);
     // A client that takes no bytes for WRITE_TIMEOUT is gone or stuck: its
     // connection closes, and the response it held (memory, an expensive
     // request's turn) is let go.
+    // Responses go out whole or as stream batches: Nagle would only hold a
+    // stream's next batch back until the client's delayed ACK (tens of ms).
+    let _ = stream.set_nodelay(true);
     let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
     stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let io = TokioIo::new(Box::pin(stream));

@@ -162,6 +162,31 @@ pub(crate) struct Client {
     last_sent: HashMap<(u32, u8), Instant>,
     /// Updates held back by `max_rate`, newest per device and kind.
     held: HashMap<(u32, u8), (Instant, Arc<Message>)>,
+    /// Where the snapshot being sent has got to.
+    cursor: Option<Cursor>,
+}
+
+/// A snapshot in progress: the next devices to read.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    shard: usize,
+    /// The last device id of `shard` read.
+    after: Option<u32>,
+    /// When the snapshot started (its messages' time).
+    now: u64,
+    /// Devices sent so far.
+    devices: usize,
+}
+
+/// Devices read into a snapshot at a time (under one shard lock): a
+/// client that stops reading holds at most this many snapshot messages.
+const SNAPSHOT_PAGE: usize = 64;
+
+/// What a broadcast message comes to for one client.
+enum Step {
+    Send(Arc<Message>),
+    Skip,
+    Closed,
 }
 
 impl Client {
@@ -176,6 +201,7 @@ impl Client {
             seen_up_to: 0,
             last_sent: HashMap::new(),
             held: HashMap::new(),
+            cursor: None,
         };
         match last_id.and_then(|id| c.slot.hub.replay_after(id)) {
             Some(missed) => {
@@ -191,37 +217,66 @@ impl Client {
         &self.slot.hub
     }
 
-    /// The current state of every device the client follows, then
-    /// `snapshot_end` (copied shard by shard, JSON built after each copy).
+    /// Starts a snapshot: the current state of every device the client
+    /// follows, then `snapshot_end`. It is read a page at a time as the
+    /// client takes it, so a client that stops reading holds one page, not
+    /// the fleet.
     fn snapshot(&mut self) {
-        let engine = self.slot.hub.engine.clone();
-        let (now, cfg) = (now_ms(), engine.config());
         self.resume_id = self.hub().next_id().saturating_sub(1);
-        let mut n = 0;
-        engine.for_each_shard_owned(&mut |devices| {
-            let views: Vec<View> = devices
-                .iter()
-                .map(|d| View::of(d, now, cfg, false))
-                .filter(|v| self.filter.wants_device(v.id(), v.at(), v.online()))
-                .collect();
-            n += views.len();
-            self.queue.extend(views.iter().map(|v| Arc::new(v.snapshot(now))));
-            true
-        });
-        self.queue.push_back(Arc::new(Message::snapshot_end(n, now)));
+        self.cursor = Some(Cursor { shard: 0, after: None, now: now_ms(), devices: 0 });
     }
 
-    /// The next message to send; `None` when the server stops (the
-    /// broadcast closes).
+    /// Queues the snapshot's next page (devices of one shard, copied
+    /// under its lock, JSON built after), until something is queued or the
+    /// snapshot ends.
+    fn fill(&mut self) {
+        let engine = self.slot.hub.engine.clone();
+        let cfg = engine.config();
+        while self.queue.is_empty() {
+            let Some(c) = self.cursor.as_mut() else { return };
+            if c.shard >= engine.shard_count() {
+                let end = Message::snapshot_end(c.devices, c.now);
+                self.cursor = None;
+                self.queue.push_back(Arc::new(end));
+                return;
+            }
+            let (now, filter) = (c.now, &self.filter);
+            let mut views = Vec::new();
+            let last = engine.visit_after(c.shard, c.after, SNAPSHOT_PAGE, &mut |d| {
+                let v = View::of(d, now, cfg, false);
+                if filter.wants_device(v.id(), v.at(), v.online()) {
+                    views.push(v);
+                }
+            });
+            match last {
+                Some(id) => c.after = Some(id),
+                None => (c.shard, c.after) = (c.shard + 1, None),
+            }
+            c.devices += views.len();
+            self.queue.extend(views.iter().map(|v| Arc::new(v.snapshot(now))));
+        }
+    }
+
+    /// The next queued message (a replay, a snapshot page, a notice).
+    fn pop_queued(&mut self) -> Option<Arc<Message>> {
+        if self.queue.is_empty() {
+            self.fill();
+        }
+        let m = self.queue.pop_front()?;
+        self.count(&m);
+        Some(m)
+    }
+
+    /// The next message; `None` when the server stops (the broadcast
+    /// closes). Cancel-safe.
     pub(crate) async fn next(&mut self) -> Option<Arc<Message>> {
         loop {
-            if let Some(m) = self.queue.pop_front() {
-                self.count(&m);
+            if let Some(m) = self.pop_queued() {
                 return Some(m);
             }
             let due = self.held.values().map(|(t, _)| *t).min();
             let recv = self.slot.rx.recv();
-            let m = match due {
+            let r = match due {
                 Some(due) => tokio::select! {
                     r = recv => r,
                     _ = tokio::time::sleep_until(due) => {
@@ -231,26 +286,62 @@ impl Client {
                 },
                 None => recv.await,
             };
-            match m {
-                Ok(m) => {
-                    if m.id <= self.seen_up_to || !self.filter.wants(&m) {
-                        continue;
-                    }
-                    if let Some(m) = self.pace(m) {
-                        self.count(&m);
-                        return Some(m);
-                    }
-                }
-                Err(RecvError::Lagged(n)) => {
-                    // Fell behind its window: say how much it missed, then
-                    // the newest state of its devices.
-                    self.hub().metrics.dropped.add(n);
-                    self.held.clear();
-                    self.queue.push_back(Arc::new(Message::dropped(n, now_ms())));
-                    self.snapshot();
-                }
-                Err(RecvError::Closed) => return None,
+            match self.take(r) {
+                Step::Send(m) => return Some(m),
+                Step::Skip => {}
+                Step::Closed => return None,
             }
+        }
+    }
+
+    /// A message that is already waiting, without waiting: `None` when none
+    /// is (or the server stops). Lets a writer put what is waiting into one
+    /// write.
+    pub(crate) fn try_next(&mut self) -> Option<Arc<Message>> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        loop {
+            if let Some(m) = self.pop_queued() {
+                return Some(m);
+            }
+            let r = match self.slot.rx.try_recv() {
+                Ok(m) => Ok(m),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+            match self.take(r) {
+                Step::Send(m) => return Some(m),
+                Step::Skip => {}
+                Step::Closed => return None,
+            }
+        }
+    }
+
+    /// What to do with what the broadcast gave.
+    fn take(&mut self, r: Result<Arc<Message>, RecvError>) -> Step {
+        match r {
+            Ok(m) => {
+                if m.id <= self.seen_up_to || !self.filter.wants(&m) {
+                    return Step::Skip;
+                }
+                match self.pace(m) {
+                    Some(m) => {
+                        self.count(&m);
+                        Step::Send(m)
+                    }
+                    None => Step::Skip,
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                // Fell behind its window: say how much it missed, then the
+                // newest state of its devices.
+                self.hub().metrics.dropped.add(n);
+                self.held.clear();
+                self.queue.push_back(Arc::new(Message::dropped(n, now_ms())));
+                self.snapshot();
+                Step::Skip
+            }
+            Err(RecvError::Closed) => Step::Closed,
         }
     }
 

@@ -6,14 +6,17 @@
 //! `stream_max_clients` are connected.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
 use futures_util::stream::Stream;
 use serde_json::json;
 
@@ -74,24 +77,61 @@ pub(crate) fn sse(hub: &Arc<StreamHub>, query: &str, headers: &HeaderMap) -> Res
     };
     let gauge = Connected::new(&hub.metrics.sse);
     let keepalive = hub.cfg.keepalive;
-    Sse::new(events(c, gauge))
-        .keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // nginx buffers responses unless told not to.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(sse_chunks(c, gauge, keepalive)),
+    )
         .into_response()
 }
 
-fn events(c: Client, gauge: Connected) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold((c, gauge), |(mut c, gauge)| async move {
-        let m = c.next().await?;
-        Some((Ok(sse_event(&m, c.resume_id)), (c, gauge)))
+/// Most bytes of messages put into one SSE chunk (one write).
+const CHUNK: usize = 8 << 10;
+
+/// Most messages fed to a WebSocket before one flush.
+const WS_BATCH: usize = 256;
+
+/// The SSE body: each chunk holds the next message and whatever else is
+/// already waiting (up to [`CHUNK`] bytes), so a busy stream costs a write
+/// per batch, not per message; a comment line after `keepalive` of quiet.
+fn sse_chunks(
+    c: Client,
+    gauge: Connected,
+    keepalive: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::unfold((c, gauge), move |(mut c, gauge)| async move {
+        let first = match tokio::time::timeout(keepalive, c.next()).await {
+            Err(_) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (c, gauge))),
+            Ok(None) => return None,
+            Ok(Some(m)) => m,
+        };
+        let mut out = Vec::with_capacity(first.json.len() + 64);
+        write_sse(&mut out, &first, c.resume_id);
+        while out.len() < CHUNK {
+            let Some(m) = c.try_next() else { break };
+            write_sse(&mut out, &m, c.resume_id);
+        }
+        Some((Ok(Bytes::from(out)), (c, gauge)))
     })
 }
 
-/// An SSE event: broadcast messages carry their own number, snapshot
-/// messages the number the snapshot was taken at (a reconnect resumes
-/// there).
-fn sse_event(m: &Message, resume_id: u64) -> Event {
+/// Appends an SSE event: `event:` the message type, `id:` its number
+/// (broadcast messages carry their own, snapshot messages the number the
+/// snapshot was taken at: a reconnect resumes there), `data:` its JSON
+/// (compact JSON has no line breaks).
+fn write_sse(out: &mut Vec<u8>, m: &Message, resume_id: u64) {
     let id = if m.id == 0 { resume_id } else { m.id };
-    Event::default().event(m.kind.as_str()).id(id.to_string()).data(&m.json)
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(m.kind.as_str().as_bytes());
+    out.extend_from_slice(b"\nid: ");
+    let _ = write!(out, "{id}");
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(m.json.as_bytes());
+    out.extend_from_slice(b"\n\n");
 }
 
 /// `GET /api/ws`.
@@ -144,7 +184,16 @@ async fn ws_loop(mut socket: WebSocket, mut c: Client, keepalive: Duration, hub:
                 }
             },
         };
-        match tokio::time::timeout(send_timeout, socket.send(out)).await {
+        // What else is waiting goes with it, in one flush.
+        let send = async {
+            socket.feed(out).await?;
+            for _ in 1..WS_BATCH {
+                let Some(m) = c.try_next() else { break };
+                socket.feed(WsMessage::Text(ws_text(&m, c.resume_id).into())).await?;
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(send_timeout, send).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => break,
             Err(_) => {
