@@ -1,7 +1,7 @@
 //! The journal: every frame the engine applied since the last snapshot,
-//! appended to `<data_dir>/state.journal.<n>` and synced once a
+//! appended to `<data_dir>/state.journal.<n>` and synced twice a
 //! `journal_interval` (1 s by default), so that a crash loses at most that
-//! much accepted state. At start the frames are applied again over the
+//! much accepted state (half an interval, plus the time a write takes). At start the frames are applied again over the
 //! snapshot, in the order each shard applied them, at their arrival times:
 //! the engine is deterministic, so the state is what it was at the last
 //! sync.
@@ -26,8 +26,8 @@
 //!
 //! Why our own file and not an embedded store (redb, fjall): the journal is
 //! append-only, read only at start and never queried, so a key-value store
-//! would add a write per device and its own compaction for nothing; one
-//! `write` and one `fdatasync` a second is the whole cost.
+//! would add a write per device and its own compaction for nothing; a
+//! `write` and an `fdatasync` twice a second is the whole cost.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
