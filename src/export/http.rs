@@ -135,6 +135,9 @@ pub(crate) struct Heavy {
     /// One per `/metrics` body alive (cached, being sent, being rendered):
     /// at most [`METRICS_BODIES`] exist at a time.
     metrics_bodies: Arc<tokio::sync::Semaphore>,
+    /// The threads the expensive work runs on, below the receive path's
+    /// priority.
+    pool: super::pool::Pool,
     refused: crate::telemetry::Counter,
 }
 
@@ -157,6 +160,9 @@ impl Heavy {
             turns: Arc::new(tokio::sync::Semaphore::new(HEAVY_AT_ONCE)),
             metrics: tokio::sync::Mutex::new(None),
             metrics_bodies: Arc::new(tokio::sync::Semaphore::new(METRICS_BODIES)),
+            // The listings' turns and one /metrics rendering (renderings
+            // are serialised by the cache's lock).
+            pool: super::pool::Pool::start("http-render", HEAVY_AT_ONCE + 1, HEAVY_AT_ONCE + 1),
             refused: r.counter(
                 "fleetwire_http_busy_total",
                 "Expensive HTTP requests (/metrics, /api/devices, /api/positions.geojson) answered 503 after waiting their turn for 5 s.",
@@ -176,8 +182,9 @@ fn busy(h: &Heavy) -> Response {
     r
 }
 
-/// Runs the expensive `f` on a blocking thread (walking the device table:
-/// the async runtime also drives QUIC) once it is its turn, returning the
+/// Runs the expensive `f` on a render thread (walking the device table:
+/// the async runtime also drives QUIC; below the receive path's priority)
+/// once it is its turn, returning the
 /// turn with the result so that the body can keep it until it is sent.
 async fn held<T: Send + 'static>(
     heavy: &Heavy,
@@ -187,9 +194,10 @@ async fn held<T: Send + 'static>(
     let Ok(Ok(turn)) = turn else {
         return Err(busy(heavy));
     };
-    match tokio::task::spawn_blocking(f).await {
+    match heavy.pool.run(f).await {
         Ok(v) => Ok((v, turn)),
-        Err(_) => Err(StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        Err(super::pool::PoolError::Busy) => Err(busy(heavy)),
+        Err(super::pool::PoolError::Gone) => Err(StatusCode::INTERNAL_SERVER_ERROR.into_response()),
     }
 }
 
@@ -257,7 +265,7 @@ async fn metrics(
         return busy(&heavy);
     };
     let began = Instant::now();
-    match tokio::task::spawn_blocking(move || render_all(&st)).await {
+    match heavy.pool.run(move || render_all(&st)).await {
         Ok(body) => {
             let r = Arc::new(Rendered { body: body.into(), _alive: place });
             *cached = Some((began, r.clone()));
@@ -483,16 +491,16 @@ async fn geojson(
         let now = now_ms();
         let off = st.engine.config();
         let mut rows: Vec<Brief> = Vec::new();
-        st.engine.for_each_shard(|s| {
-            let room = limit - rows.len();
-            rows.extend(
-                s.devices()
-                    .iter()
-                    .filter(|d| d.fix.is_some())
-                    .filter(|d| q.online.is_none_or(|o| d.online(now, off) == o))
-                    .take(room)
-                    .map(|d| Brief::of(d, now, off)),
-            );
+        // Paged: this runs at a low priority, and must not sit on a lock
+        // the receive path waits for.
+        st.engine.visit_paged(&mut |d| {
+            if rows.len() >= limit {
+                return false;
+            }
+            if d.fix.is_some() && q.online.is_none_or(|o| d.online(now, off) == o) {
+                rows.push(Brief::of(d, now, off));
+            }
+            rows.len() < limit
         });
         // Written as text feature by feature: a JSON value tree of 100,000
         // features takes about ten times the bytes of the text.

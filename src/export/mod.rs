@@ -4,5 +4,6 @@
 
 pub(crate) mod auth;
 pub(crate) mod http;
+pub(crate) mod pool;
 pub(crate) mod render;
 pub(crate) mod serve;

@@ -392,14 +392,16 @@ const DEVICES: &[DeviceFamily] = &[
     },
 ];
 
-/// Copies the exported devices' rows, shard by shard (only copying under
-/// each lock), then computes reading statistics with no lock held.
+/// Copies the exported devices' rows, a page of devices at a time (only
+/// copying under each lock), then computes reading statistics with no lock held.
 fn collect(engine: &Engine, now_ms: u64) -> Vec<Row> {
     let cfg = engine.config();
     let mut rows = Vec::new();
     let mut series: Vec<Vec<ReadingSeries>> = Vec::new();
-    engine.for_each_shard(|shard| {
-        for d in shard.devices().iter().filter(|d| d.exported) {
+    // Paged: this runs at a low priority, and must not sit on a lock the
+    // receive path waits for.
+    engine.visit_paged(&mut |d| {
+        if d.exported {
             series.push(d.readings.as_ref().map(|r| r.to_vec()).unwrap_or_default());
             rows.push(Row {
                 id: d.id,
@@ -421,6 +423,7 @@ fn collect(engine: &Engine, now_ms: u64) -> Vec<Row> {
                 readings: Vec::new(),
             });
         }
+        true
     });
     let mut scratch = Vec::new();
     for (row, series) in rows.iter_mut().zip(series) {

@@ -1,6 +1,7 @@
 //! The system calls the standard library does not wrap: `recvmmsg(2)`,
-//! `sendmmsg(2)` and `SO_RCVBUFFORCE`. The only `unsafe` code of the server;
-//! every block says why it is sound.
+//! `sendmmsg(2)` and `SO_RCVBUFFORCE`. With `export/pool.rs`'s
+//! `setpriority(2)`, the only `unsafe` code of the server; every block says
+//! why it is sound.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -166,4 +167,16 @@ pub(crate) fn raise_nofile_limit() -> u64 {
         }
     }
     l.rlim_cur
+}
+
+/// Sets the calling thread's nice value (`setpriority(2)` on its thread
+/// id). Below 0 needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` that allows it):
+/// without, an error and nothing changes.
+pub(crate) fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments; setpriority takes plain integers.
+    let r = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
