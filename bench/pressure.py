@@ -253,7 +253,10 @@ def restore_memory(tmp, devices, readings):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sections", default="journal,http,memory,crashes",
+                    help="comma-separated: journal, http, memory, crashes (default all)")
     a = ap.parse_args()
+    sections = set(a.sections.split(","))
     devices = 100_000 if a.quick else 1_000_000
     rate = 100_000
     seconds = 8 if a.quick else 30
@@ -265,9 +268,10 @@ def main():
     cap = capture(tmp, devices, frames)
     loops = max(1, seconds * rate // (devices * frames))
 
-    R.log("== 1. baseline, journal off and on, alternating")
     runs = {False: [], True: []}
-    for _ in range(1 if a.quick else 3):
+    if "journal" in sections:
+        R.log("== 1. baseline, journal off and on, alternating")
+    for _ in range((1 if a.quick else 3) if "journal" in sections else 0):
         for journal in (False, True):
             srv = serve([], journal=journal)
             try:
@@ -279,12 +283,25 @@ def main():
             finally:
                 srv.stop()
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    out["baseline_journal_off"] = runs[False]
-    out["baseline_journal_on"] = runs[True]
-    out["journal_cpu_ratio"] = (med([t["cpu_per_million"] for t in runs[True]])
-                                / max(med([t["cpu_per_million"] for t in runs[False]]), 1e-9))
-    R.log(f"   journal CPU ratio (medians) {out['journal_cpu_ratio']:.3f}")
+    if "journal" in sections:
+        out["baseline_journal_off"] = runs[False]
+        out["baseline_journal_on"] = runs[True]
+        out["journal_cpu_ratio"] = (med([t["cpu_per_million"] for t in runs[True]])
+                                    / max(med([t["cpu_per_million"] for t in runs[False]]), 1e-9))
+        R.log(f"   journal CPU ratio (medians) {out['journal_cpu_ratio']:.3f}")
 
+    if "http" in sections:
+        http_pressure(out, devices, cap, loops, rate)
+    if "memory" in sections:
+        memory(out, tmp, devices)
+    if "crashes" in sections:
+        crash_section(out, tmp, devices, rate, a.quick)
+    with open(os.path.join(R.ROOT, "bench", "pressure.json"), "w") as f:
+        json.dump(out, f, indent=2)
+    R.shutil.rmtree(tmp, ignore_errors=True)
+
+
+def http_pressure(out, devices, cap, loops, rate):
     R.log("== 2. HTTP pressure")
     srv = serve([])
     try:
@@ -299,6 +316,8 @@ def main():
     finally:
         srv.stop()
 
+
+def memory(out, tmp, devices):
     R.log("== 3. memory: tracking, restoring and scraping devices with readings")
     out["restore_memory"] = restore_memory(tmp, devices, 32)
     m = out["restore_memory"]
@@ -306,8 +325,10 @@ def main():
           f"{m['tracking_peak'] / 2**20:.0f} MiB, restore {m['restore_peak'] / 2**20:.0f} MiB, with scrapes "
           f"{m['after_scrapes_peak'] / 2**20:.0f} MiB (/metrics {m['metrics_bytes'] / 1e6:.1f} MB)")
 
+
+def crash_section(out, tmp, devices, rate, quick):
     R.log("== 4. crashes")
-    n = 5 if a.quick else 30
+    n = 5 if quick else 30
     # Enough frames that the traffic never repeats during the crashes (a
     # repeated frame is a duplicate, and duplicates add no records).
     long_cap = capture(tmp, devices, int(n * 5 * rate / devices) + 2)
@@ -317,9 +338,6 @@ def main():
     out["crash_summary"] = {"records_lost_mean": sum(lost) / len(lost), "records_lost_max": max(lost),
                             "restart_s_mean": sum(restart) / len(restart), "restart_s_max": max(restart)}
     R.log(f"   {out['crash_summary']}")
-    with open(os.path.join(R.ROOT, "bench", "pressure.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    R.shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
