@@ -316,6 +316,22 @@ impl Engine {
         }
     }
 
+    /// Calls `f` for every device holding an export slot (at most
+    /// `max_exported_devices`), shard by shard in id order, [`VISIT_PAGE`]
+    /// devices per lock.
+    pub(crate) fn visit_exported_paged(&self, f: &mut dyn FnMut(&Device)) {
+        for s in self.shards.iter() {
+            let mut after = None;
+            loop {
+                let last = s.lock().visit_exported_after(after, VISIT_PAGE, f);
+                match last {
+                    Some(id) => after = Some(id),
+                    None => break,
+                }
+            }
+        }
+    }
+
     /// Calls `f` for every device of each shard in turn, holding one shard's
     /// lock at a time. Keep `f` short: ingest on that shard waits.
     pub(crate) fn for_each_shard(&self, mut f: impl FnMut(&Shard)) {

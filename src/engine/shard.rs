@@ -63,6 +63,9 @@ pub(crate) struct Shard {
     index: HashMap<u32, u32>,
     /// The ids, in order: listing pages cost the page, not the fleet.
     sorted: std::collections::BTreeSet<u32>,
+    /// The ids of devices holding an export slot, in order: `/metrics`
+    /// reads these, not the fleet.
+    exported: std::collections::BTreeSet<u32>,
     devices: Vec<Device>,
     links: Vec<Link>,
     /// Most recently seen.
@@ -97,6 +100,30 @@ impl Shard {
     /// One device.
     pub(crate) fn get(&self, id: u32) -> Option<&Device> {
         self.index.get(&id).and_then(|&i| self.devices.get(i as usize))
+    }
+
+    /// Calls `f` on up to `budget` devices holding an export slot, with ids
+    /// above `after`, in id order. Returns the last id visited, or `None`
+    /// when the shard has no more.
+    pub(crate) fn visit_exported_after(
+        &self,
+        after: Option<u32>,
+        budget: usize,
+        f: &mut dyn FnMut(&Device),
+    ) -> Option<u32> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        let mut last = None;
+        for (looked, &id) in self.exported.range((from, Unbounded)).enumerate() {
+            if looked == budget {
+                return last;
+            }
+            if let Some(d) = self.get(id) {
+                f(d);
+            }
+            last = Some(id);
+        }
+        None
     }
 
     /// Calls `f` on up to `budget` devices with ids above `after` (from the
@@ -209,6 +236,7 @@ impl Shard {
         self.index.remove(&gone.id);
         self.sorted.remove(&gone.id);
         if gone.exported {
+            self.exported.remove(&gone.id);
             slots.give_back();
         }
     }
@@ -299,6 +327,7 @@ impl Shard {
         let d = &mut self.devices[i as usize];
         if !d.exported && slots.take() {
             d.exported = true;
+            self.exported.insert(d.id);
         }
         // A device clock beyond max_future is no clock: the frame is taken
         // at the arrival time, like one without a timestamp (so one frame
@@ -416,6 +445,7 @@ impl Shard {
             }
             if d.exported && now_ms.saturating_sub(d.last_seen_ms) > cfg.series_ttl_ms {
                 d.exported = false;
+                self.exported.remove(&d.id);
                 slots.give_back();
             }
         }

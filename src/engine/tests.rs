@@ -335,10 +335,18 @@ fn export_slots_are_capped_and_expire() {
         send(&e, T0, Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
     }
     assert_eq!(e.summary().exported, 10);
+    // The flags, and the index /metrics reads, agree.
     let exported = |e: &Engine| {
-        let mut n = 0;
-        e.for_each_shard(|s| n += s.devices().iter().filter(|d| d.exported).count());
-        n
+        let mut flagged = Vec::new();
+        e.for_each_shard(|s| {
+            flagged.extend(s.devices().iter().filter(|d| d.exported).map(|d| d.id));
+        });
+        let mut indexed = Vec::new();
+        e.visit_exported_paged(&mut |d| indexed.push(d.id));
+        flagged.sort_unstable();
+        indexed.sort_unstable();
+        assert_eq!(flagged, indexed);
+        flagged.len()
     };
     assert_eq!(exported(&e), 10);
     // Everybody goes silent; after the TTL no series are exported.
@@ -349,6 +357,24 @@ fn export_slots_are_capped_and_expire() {
     send(&e, T0 + 62_000, Frame::new(25, 1, 0, Body::Position(pos(1.0, 1.0))));
     e.tick(T0 + 62_000);
     assert_eq!((e.summary().exported, e.summary().totals.online), (1, 1));
+    assert_eq!(exported(&e), 1);
+}
+
+#[test]
+fn an_evicted_device_leaves_the_export_index() {
+    let cfg = EngineConfig {
+        max_devices_per_shard: 4,
+        max_exported_devices: 100,
+        ..EngineConfig::default()
+    };
+    let e = Engine::new(cfg, 1);
+    for id in 1..=10u32 {
+        send(&e, T0 + u64::from(id), Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
+    }
+    let mut indexed = Vec::new();
+    e.visit_exported_paged(&mut |d| indexed.push(d.id));
+    assert_eq!(indexed, vec![7, 8, 9, 10]);
+    assert_eq!(e.summary().exported, 4);
 }
 
 /// Found by the ingest fuzzer: device clocks at the ends of the u64 range
