@@ -102,11 +102,12 @@ impl Shard {
         self.index.get(&id).and_then(|&i| self.devices.get(i as usize))
     }
 
-    /// Calls `f` on up to `budget` devices holding an export slot, with ids
-    /// above `after`, in id order. Returns the last id visited, or `None`
-    /// when the shard has no more.
-    pub(crate) fn visit_exported_after(
+    /// Calls `f` on up to `budget` devices of `ids` above `after` (from the
+    /// first, without), in id order. Returns the last id visited, or `None`
+    /// when there are no more: a cursor that walks a page at a time.
+    fn visit_in(
         &self,
+        ids: &std::collections::BTreeSet<u32>,
         after: Option<u32>,
         budget: usize,
         f: &mut dyn FnMut(&Device),
@@ -114,7 +115,7 @@ impl Shard {
         use std::ops::Bound::{Excluded, Unbounded};
         let from = after.map_or(Unbounded, Excluded);
         let mut last = None;
-        for (looked, &id) in self.exported.range((from, Unbounded)).enumerate() {
+        for (looked, &id) in ids.range((from, Unbounded)).enumerate() {
             if looked == budget {
                 return last;
             }
@@ -126,28 +127,24 @@ impl Shard {
         None
     }
 
-    /// Calls `f` on up to `budget` devices with ids above `after` (from the
-    /// first, without), in id order. Returns the last id visited, or `None`
-    /// when the shard has no more.
+    /// [`Self::visit_in`] over every device.
     pub(crate) fn visit_after(
         &self,
         after: Option<u32>,
         budget: usize,
         f: &mut dyn FnMut(&Device),
     ) -> Option<u32> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let from = after.map_or(Unbounded, Excluded);
-        let mut last = None;
-        for (looked, &id) in self.sorted.range((from, Unbounded)).enumerate() {
-            if looked == budget {
-                return last;
-            }
-            if let Some(d) = self.get(id) {
-                f(d);
-            }
-            last = Some(id);
-        }
-        None
+        self.visit_in(&self.sorted, after, budget, f)
+    }
+
+    /// [`Self::visit_in`] over the devices holding an export slot.
+    pub(crate) fn visit_exported_after(
+        &self,
+        after: Option<u32>,
+        budget: usize,
+        f: &mut dyn FnMut(&Device),
+    ) -> Option<u32> {
+        self.visit_in(&self.exported, after, budget, f)
     }
 
     /// Looks at up to `budget` ids above `after` (from the first, without),
@@ -160,19 +157,11 @@ impl Shard {
         keep: &dyn Fn(&Device) -> bool,
         out: &mut Vec<u32>,
     ) -> Option<u32> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let from = after.map_or(Unbounded, Excluded);
-        let mut last = None;
-        for (looked, &id) in self.sorted.range((from, Unbounded)).enumerate() {
-            if looked == budget {
-                return last;
+        self.visit_after(after, budget, &mut |d| {
+            if keep(d) {
+                out.push(d.id);
             }
-            if self.get(id).is_some_and(keep) {
-                out.push(id);
-            }
-            last = Some(id);
-        }
-        None
+        })
     }
 
     /// Heap bytes owned by the devices (readings, device info).

@@ -6,10 +6,6 @@
 //! a nice-0 one). Their own threads, not tokio's blocking pool: a thread's
 //! nice value cannot be lowered back without privileges, and the blocking
 //! pool also writes the journal and snapshots, which must not wait.
-//!
-//! Two `libc` calls (`gettid`, `setpriority`) make this, with
-//! `transport/sys.rs`, the server's only `unsafe` code.
-#![allow(unsafe_code)]
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -91,14 +87,8 @@ fn work(rx: &Mutex<Receiver<Job>>) {
 /// Sets this thread's nice value to [`NICE`] (always allowed: lowering
 /// one's own priority needs no privilege).
 fn lower_priority() {
-    // SAFETY: gettid and setpriority take no pointers; PRIO_PROCESS with a
-    // thread id sets that thread's nice value on Linux.
-    let r = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, NICE)
-    };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the render thread's priority");
+    if let Err(e) = crate::transport::sys::set_thread_nice(NICE) {
+        tracing::debug!(error = %e, "could not lower the render thread's priority");
     }
 }
 
@@ -110,12 +100,12 @@ mod tests {
     fn jobs_run_on_threads_of_lower_priority_and_a_panic_is_an_error() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let pool = Pool::start("test-render", 2, 4);
+        // The nice value is field 19 of the thread's stat (after the
+        // command in parentheses, field 3 on).
         let nice = rt.block_on(pool.run(|| {
-            // SAFETY: as in lower_priority.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::getpriority(libc::PRIO_PROCESS, tid)
-            }
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(16).unwrap().parse::<i32>().unwrap()
         }));
         assert_eq!(nice, Ok(NICE));
         let name = rt.block_on(pool.run(|| std::thread::current().name().map(String::from)));

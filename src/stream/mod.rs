@@ -14,7 +14,9 @@
 //! resumes) and broadcasts it. Each client reads the broadcast through its
 //! own bounded window; one that falls behind is told how many messages it
 //! missed (`dropped`) and gets the newest state of its devices again
-//! (`device` messages): a stuck client costs its window, never more.
+//! (`device` messages, read a page at a time): a stuck client costs its
+//! place in the shared window, one page of snapshot messages and what its
+//! connection queues, never more.
 //!
 //! [`client`] filters, rate-limits and delivers to one client.
 

@@ -1,7 +1,7 @@
 //! The system calls the standard library does not wrap: `recvmmsg(2)`,
-//! `sendmmsg(2)` and `SO_RCVBUFFORCE`. With `export/pool.rs`'s
-//! `setpriority(2)`, the only `unsafe` code of the server; every block says
-//! why it is sound.
+//! `sendmmsg(2)`, `SO_RCVBUFFORCE` and a thread's nice value
+//! (`setpriority(2)`). The only `unsafe` code of the server; every block
+//! says why it is sound.
 #![allow(unsafe_code)]
 
 use std::io;
