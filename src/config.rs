@@ -191,7 +191,7 @@ impl Default for Config {
             udp_threads: 1,
             udp_recv_buffer: 16 << 20,
             udp_batch: 32,
-            engine_shards: 16,
+            engine_shards: 256,
             offline_after: Duration::from_secs(60),
             offline_after_factor: 3.0,
             offline_after_max: Duration::from_secs(3600),

@@ -619,6 +619,9 @@ impl Running {
 /// files there), and the number of frames replayed.
 fn restore_engine(cfg: &Config, r: &Registry) -> (Engine, Arc<parking_lot::Mutex<Journal>>, u64) {
     let engine = Engine::new(cfg.engine(), cfg.effective_shards());
+    if let Some(h) = lock_holder() {
+        engine.set_holder(h);
+    }
     let mut mark: Option<JournalMark> = None;
     let mut replay = journal::ReplayReport::default();
     if cfg.snapshot {
@@ -652,6 +655,33 @@ fn restore_engine(cfg: &Config, r: &Registry) -> (Engine, Arc<parking_lot::Mutex
     let journal = Journal::new(&cfg.data_dir, replay.next_file, JournalMetrics::new(r));
     engine.set_journaling(cfg.snapshot && !cfg.journal_interval.is_zero());
     (engine, Arc::new(parking_lot::Mutex::new(journal)), replay.records)
+}
+
+/// The thread where the engine's readers hold shard locks (`engine-hold`,
+/// at the receive threads' priority where the server may raise it): a
+/// listing or snapshot thread preempted with a lock held would make the
+/// receive path wait for it. One thread, so at most one such section runs
+/// at a time and high-priority copying never takes more than a core. None
+/// (sections run on the reader's own thread) if it cannot be started.
+pub(crate) fn lock_holder() -> Option<crate::engine::Holder> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "engine-hold".into())
+        .start_handler(|_| {
+            if let Err(e) =
+                crate::transport::sys::set_thread_nice(crate::transport::sys::RECEIVE_NICE)
+            {
+                tracing::debug!(error = %e, "the engine's lock holder keeps the default priority");
+            }
+        })
+        .build();
+    match pool {
+        Ok(pool) => Some(Arc::new(move |section: &mut (dyn FnMut() + Send)| pool.install(section))),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start the engine's lock holder thread");
+            None
+        }
+    }
 }
 
 /// Phase 1 too: the journal's syncs, every `journal_interval` until the
@@ -904,4 +934,29 @@ fn load_tokens(cfg: &Config, r: &Registry) -> Result<Option<Arc<Tokens>>, Server
         return Ok(None);
     }
     Ok(Some(Tokens::load(&cfg.http_tokens_file, cfg.metrics_auth, r)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_lock_holder_runs_sections_on_its_thread_at_the_receive_priority() {
+        let holder = super::lock_holder().unwrap();
+        let mut seen = None;
+        let here = std::thread::current().id();
+        holder(&mut || {
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let nice = rest.split(' ').nth(16).unwrap().parse::<i32>().unwrap();
+            let me = std::thread::current();
+            seen = Some((me.name().map(String::from), me.id() != here, nice));
+        });
+        let (name, elsewhere, nice) = seen.unwrap();
+        assert_eq!(name.as_deref(), Some("engine-hold"));
+        assert!(elsewhere);
+        // Root may raise a thread's priority; others keep the default.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+        let root = uid.split_whitespace().nth(1) == Some("0");
+        assert_eq!(nice, if root { crate::transport::sys::RECEIVE_NICE } else { 0 });
+    }
 }

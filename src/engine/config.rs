@@ -61,7 +61,7 @@ impl Default for EngineConfig {
             offline_after_max_ms: 3_600_000,
             series_ttl_ms: 600_000,
             max_exported_devices: 10_000,
-            max_devices_per_shard: 1_000_000 / 16,
+            max_devices_per_shard: 1_000_000 / 256,
             max_speed_m_s: 100.0,
             relocate_after: 3,
             max_future_ms: 300_000,
@@ -73,7 +73,7 @@ impl Default for EngineConfig {
             reading_window_ms: 60_000,
             reading_samples: 128,
             max_readings_per_device: 32,
-            max_heap_per_shard: (128 << 20) / 16,
+            max_heap_per_shard: (128 << 20) / 256,
         }
     }
 }

@@ -9,6 +9,13 @@
 //! mutex, so a device's state has exactly one owner and receive threads on
 //! different shards never contend; a batch of frames takes each shard's lock
 //! once.
+//!
+//! Readers (listings, `/metrics`, upkeep, snapshots) may run at a low CPU
+//! priority, and a reader the scheduler preempts while it holds a shard's
+//! lock makes the receive path wait until it runs again (on a busy machine,
+//! for tens of milliseconds). So the engine runs the sections where readers
+//! hold locks through a [`Holder`] the server gives it: a thread at the
+//! receive path's priority ([`Engine::held`]).
 
 pub(crate) mod config;
 pub(crate) mod device;
@@ -22,6 +29,8 @@ pub(crate) mod sequence;
 pub(crate) mod shard;
 pub(crate) mod timing;
 pub(crate) mod totals;
+
+use std::sync::{Arc, OnceLock};
 
 use fleetwire_proto::Frame;
 use parking_lot::Mutex;
@@ -108,15 +117,29 @@ pub(crate) struct Summary {
     pub exported: u64,
 }
 
+/// Runs the section it is given (on a thread of its choice) and returns
+/// once the section has run: where readers hold shard locks.
+pub(crate) type Holder = Arc<dyn Fn(&mut (dyn FnMut() + Send)) + Send + Sync>;
+
 /// The sharded engine.
-#[derive(Debug)]
 pub(crate) struct Engine {
     cfg: EngineConfig,
     shards: Box<[Mutex<Shard>]>,
     slots: ExportSlots,
+    holder: OnceLock<Holder>,
     /// Heap allocations made by readers while holding a shard lock (tests).
     #[cfg(test)]
     pub(crate) allocations_under_lock: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cfg", &self.cfg)
+            .field("shards", &self.shards.len())
+            .field("holder", &self.holder.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Devices a paged reader visits under one lock ([`Engine::visit_paged`]).
@@ -130,8 +153,38 @@ impl Engine {
             slots: ExportSlots::new(cfg.max_exported_devices),
             cfg,
             shards: (0..n).map(|_| Mutex::new(Shard::new())).collect(),
+            holder: OnceLock::new(),
             #[cfg(test)]
             allocations_under_lock: Default::default(),
+        }
+    }
+
+    /// Sets where readers hold shard locks from now on (once; later calls
+    /// are ignored). Without one, they hold them on their own thread.
+    pub(crate) fn set_holder(&self, holder: Holder) {
+        let _ = self.holder.set(holder);
+    }
+
+    /// Runs `f` through the [`Holder`] (inline without one) and returns its
+    /// result: for a reader's sections that take shard locks, so that a
+    /// low-priority reader's locks are held at the receive path's priority.
+    /// Keep `f` to copying: whatever it does runs at that priority.
+    pub(crate) fn held<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let mut f = Some(f);
+        let mut out = None;
+        let mut section = || {
+            if let Some(f) = f.take() {
+                out = Some(f());
+            }
+        };
+        if let Some(h) = self.holder.get() {
+            h(&mut section);
+        }
+        // Runs here if the holder did not run it (it never fails to).
+        section();
+        match out {
+            Some(r) => r,
+            None => unreachable!("the section ran"),
         }
     }
 
@@ -187,7 +240,8 @@ impl Engine {
     pub(crate) fn tick(&self, now_ms: u64) -> Vec<(u32, bool)> {
         let mut transitions = Vec::new();
         for s in self.shards.iter() {
-            s.lock().tick(now_ms, &self.cfg, &self.slots, &mut transitions);
+            // A walk of the whole shard, held at the receive path's priority.
+            self.held(|| s.lock().tick(now_ms, &self.cfg, &self.slots, &mut transitions));
         }
         transitions
     }
@@ -195,11 +249,14 @@ impl Engine {
     /// Fleet totals.
     pub(crate) fn summary(&self) -> Summary {
         let mut sum = Summary { exported: self.slots.used() as u64, ..Default::default() };
-        for s in self.shards.iter() {
-            let s = s.lock();
-            sum.totals.add(&s.totals);
-            sum.devices += s.len() as u64;
-        }
+        // Called from low-priority threads too: held like a reader's copy.
+        self.held(|| {
+            for s in self.shards.iter() {
+                let s = s.lock();
+                sum.totals.add(&s.totals);
+                sum.devices += s.len() as u64;
+            }
+        });
         sum
     }
 
@@ -346,16 +403,16 @@ impl Engine {
     /// Calls `f` with a copy of each shard's devices in turn, until it
     /// returns false, with what the shard had counted and its journal
     /// position at the moment of the copy (the lock is held only while
-    /// copying).
+    /// copying, through the [`Holder`]).
     pub(crate) fn for_each_shard_marked(&self, f: &mut dyn FnMut(Vec<Device>, ShardMark) -> bool) {
         for s in self.shards.iter() {
-            let (devices, mark) = {
+            let (devices, mark) = self.held(|| {
                 let s = s.lock();
                 (
                     s.devices().to_vec(),
                     ShardMark { totals: s.totals.clone(), position: s.log.position() },
                 )
-            };
+            });
             if !f(devices, mark) {
                 return;
             }

@@ -663,3 +663,56 @@ fn pages_of_ids_are_in_order_and_complete() {
     assert_eq!(walked, all);
     assert_eq!(e.page_ids(Some(all[10]), 0, 3, &any), all[11..14].to_vec());
 }
+
+#[test]
+fn readers_hold_locks_through_the_holder_and_get_the_same_answers() {
+    // A holder that runs every section on another thread, as the server's
+    // does, and counts them.
+    let sections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ran_on = Arc::new(Mutex::new(Vec::new()));
+    let holder: Holder = {
+        let (sections, ran_on) = (sections.clone(), ran_on.clone());
+        Arc::new(move |section: &mut (dyn FnMut() + Send)| {
+            sections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Scoped: the section borrows from the caller, who waits.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    ran_on.lock().push(std::thread::current().id());
+                    section();
+                });
+            });
+        })
+    };
+    let plain = engine(EngineConfig::default());
+    let held = engine(EngineConfig::default());
+    held.set_holder(holder);
+    for i in 0..2_000u64 {
+        let id = 1 + (i * 7919 % 1_000) as u32;
+        let f = Frame::new(id, i as u32, T0 + i, monitoring((i % 100) as u8, &[]));
+        send(&plain, T0 + i, f);
+        send(&held, T0 + i, f);
+    }
+    let ids = |e: &Engine| {
+        let mut v = Vec::new();
+        e.visit_paged(&mut |d| {
+            v.push((d.id, d.health.battery_pct));
+            true
+        });
+        v
+    };
+    let want = ids(&plain);
+    assert_eq!(want.len(), 1_000);
+    assert_eq!(held.held(|| ids(&held)), want);
+    assert_eq!(sections.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_ne!(ran_on.lock()[0], std::thread::current().id());
+    // Upkeep and the snapshot's copies take one section per shard.
+    assert_eq!(held.tick(T0 + 3_000), plain.tick(T0 + 3_000));
+    let mut copied = 0;
+    held.for_each_shard_marked(&mut |devices, _| {
+        copied += devices.len();
+        true
+    });
+    assert_eq!(copied, 1_000);
+    let n = held.shard_count();
+    assert_eq!(sections.load(std::sync::atomic::Ordering::Relaxed), 1 + 2 * n);
+}

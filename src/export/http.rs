@@ -236,7 +236,9 @@ fn shared_body(r: Arc<Rendered>) -> axum::body::Body {
 /// Everything `/metrics` shows: every component's series, then the engine's.
 fn render_all(st: &HttpState) -> String {
     let mut out = String::with_capacity(64 << 10);
-    st.registry.render(&mut out);
+    // Some series are read from locks the receive path takes (the rate
+    // limiter's table): at its priority, like the engine's copies.
+    st.engine.held(|| st.registry.render(&mut out));
     render_engine(&st.engine, now_ms(), &mut out);
     out
 }
@@ -386,7 +388,16 @@ async fn devices(
         // length, not the fleet. The total of an `online=` filter is the
         // count of the last upkeep tick (at most a second old).
         let keep = |d: &crate::engine::Device| q.online.is_none_or(|o| d.online(now, off) == o);
-        let ids = st.engine.page_ids(q.after, offset, limit, &keep);
+        // The locks are held at the receive path's priority (Engine::held),
+        // for the copy only; the JSON is made on this thread.
+        let (ids, page) = st.engine.held(|| {
+            let ids = st.engine.page_ids(q.after, offset, limit, &keep);
+            let page: Vec<Brief> = ids
+                .iter()
+                .filter_map(|id| st.engine.with_device(*id, |d| Brief::of(d, now, off)))
+                .collect();
+            (ids, page)
+        });
         let sum = st.engine.summary();
         let total = match q.online {
             None => sum.devices,
@@ -394,10 +405,6 @@ async fn devices(
             Some(false) => sum.devices.saturating_sub(sum.totals.online),
         };
         let next_after = (ids.len() == limit).then(|| ids.last().copied()).flatten();
-        let page: Vec<Brief> = ids
-            .iter()
-            .filter_map(|id| st.engine.with_device(*id, |d| Brief::of(d, now, off)))
-            .collect();
         let page: Vec<Value> = page.iter().map(Brief::json).collect();
         let v = json!({"total": total, "offset": offset, "limit": limit, "next_after": next_after, "devices": page});
         serde_json::to_vec(&v).unwrap_or_default()
@@ -491,16 +498,19 @@ async fn geojson(
         let now = now_ms();
         let off = st.engine.config();
         let mut rows: Vec<Brief> = Vec::new();
-        // Paged: this runs at a low priority, and must not sit on a lock
-        // the receive path waits for.
-        st.engine.visit_paged(&mut |d| {
-            if rows.len() >= limit {
-                return false;
-            }
-            if d.fix.is_some() && q.online.is_none_or(|o| d.online(now, off) == o) {
-                rows.push(Brief::of(d, now, off));
-            }
-            rows.len() < limit
+        // Paged, and copied at the receive path's priority (Engine::held):
+        // this thread runs at a low one, and must not sit on a lock the
+        // receive path waits for.
+        st.engine.held(|| {
+            st.engine.visit_paged(&mut |d| {
+                if rows.len() >= limit {
+                    return false;
+                }
+                if d.fix.is_some() && q.online.is_none_or(|o| d.online(now, off) == o) {
+                    rows.push(Brief::of(d, now, off));
+                }
+                rows.len() < limit
+            })
         });
         // Written as text feature by feature: a JSON value tree of 100,000
         // features takes about ten times the bytes of the text.

@@ -398,29 +398,32 @@ fn collect(engine: &Engine, now_ms: u64) -> Vec<Row> {
     let cfg = engine.config();
     let mut rows = Vec::new();
     let mut series: Vec<Vec<ReadingSeries>> = Vec::new();
-    // The exported devices only, a page per lock: this runs at a low
-    // priority and must not sit on a lock the receive path waits for.
-    engine.visit_exported_paged(&mut |d| {
-        series.push(d.readings.as_ref().map(|r| r.to_vec()).unwrap_or_default());
-        rows.push(Row {
-            id: d.id,
-            online: d.online(now_ms, cfg),
-            last_seen_ms: d.last_seen_ms,
-            fix: d.fix,
-            track: d.track,
-            health: d.health,
-            received: d.seq.received,
-            lost: d.seq.lost_confirmed(),
-            duplicates: d.seq.duplicates,
-            reordered: d.seq.reordered,
-            late: d.seq.late,
-            bytes: d.bytes,
-            filtered: d.counts.filtered,
-            jitter_ms: d.jitter_ms,
-            latency_ms: d.latency_ms,
-            info: d.info.as_ref().map(|i| (i.firmware.to_string(), i.model.to_string())),
-            readings: Vec::new(),
-        });
+    // The exported devices only, a page per lock, copied at the receive
+    // path's priority (Engine::held): this thread runs at a low one and must
+    // not sit on a lock the receive path waits for.
+    engine.held(|| {
+        engine.visit_exported_paged(&mut |d| {
+            series.push(d.readings.as_ref().map(|r| r.to_vec()).unwrap_or_default());
+            rows.push(Row {
+                id: d.id,
+                online: d.online(now_ms, cfg),
+                last_seen_ms: d.last_seen_ms,
+                fix: d.fix,
+                track: d.track,
+                health: d.health,
+                received: d.seq.received,
+                lost: d.seq.lost_confirmed(),
+                duplicates: d.seq.duplicates,
+                reordered: d.seq.reordered,
+                late: d.seq.late,
+                bytes: d.bytes,
+                filtered: d.counts.filtered,
+                jitter_ms: d.jitter_ms,
+                latency_ms: d.latency_ms,
+                info: d.info.as_ref().map(|i| (i.firmware.to_string(), i.model.to_string())),
+                readings: Vec::new(),
+            });
+        })
     });
     let mut scratch = Vec::new();
     for (row, series) in rows.iter_mut().zip(series) {

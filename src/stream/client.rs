@@ -242,11 +242,14 @@ impl Client {
             }
             let (now, filter) = (c.now, &self.filter);
             let mut views = Vec::new();
-            let last = engine.visit_after(c.shard, c.after, SNAPSHOT_PAGE, &mut |d| {
-                let v = View::of(d, now, cfg, false);
-                if filter.wants_device(v.id(), v.at(), v.online()) {
-                    views.push(v);
-                }
+            // Held at the receive path's priority (Engine::held).
+            let last = engine.held(|| {
+                engine.visit_after(c.shard, c.after, SNAPSHOT_PAGE, &mut |d| {
+                    let v = View::of(d, now, cfg, false);
+                    if filter.wants_device(v.id(), v.at(), v.online()) {
+                        views.push(v);
+                    }
+                })
             });
             match last {
                 Some(id) => c.after = Some(id),

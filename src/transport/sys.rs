@@ -169,6 +169,15 @@ pub(crate) fn raise_nofile_limit() -> u64 {
     l.rlim_cur
 }
 
+/// The receive threads' nice value, where the server may raise it (root,
+/// `CAP_SYS_NICE`): when the cores are busy (HTTP listings, a co-located
+/// sender), the kernel runs a receive thread as soon as datagrams wait,
+/// before they overflow the socket buffer. Without the privilege they run
+/// at the default priority, and the expensive HTTP work at nice 10 still
+/// yields to them. The engine's lock holder runs at it too (see
+/// `Engine::held`).
+pub(crate) const RECEIVE_NICE: i32 = -10;
+
 /// Sets the calling thread's nice value (`setpriority(2)` on its thread
 /// id). Below 0 needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` that allows it):
 /// without, an error and nothing changes.

@@ -165,16 +165,8 @@ impl UdpReceivers {
     }
 }
 
-/// The receive threads' nice value, where the server may raise it (root,
-/// `CAP_SYS_NICE`): when the cores are busy (HTTP listings, a co-located
-/// sender), the kernel runs a receive thread as soon as datagrams wait,
-/// before they overflow the socket buffer. Without the privilege they run
-/// at the default priority, and the expensive HTTP work at nice 10 still
-/// yields to them.
-const RECEIVE_NICE: i32 = -10;
-
 fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &CancellationToken) {
-    if let Err(e) = sys::set_thread_nice(RECEIVE_NICE) {
+    if let Err(e) = sys::set_thread_nice(sys::RECEIVE_NICE) {
         tracing::debug!(error = %e, "UDP receive thread keeps the default priority");
     }
     let mut rx = sys::Batch::new(batch.clamp(1, sys::MAX_BATCH), SLOT);
