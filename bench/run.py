@@ -219,6 +219,37 @@ def serve_trial(cap, loops, rate):
         srv.stop()
 
 
+def full_speed(results, tmp, quick):
+    """Both receivers on one capture at the sender's full speed (not paced),
+    with 20,000 and with 1,000,000 devices, alternating: CPU per datagram
+    each receiver spent on what it received."""
+    log("== 1b. full speed: bare receiver and serve on the same capture, 20,000 and 1,000,000 devices")
+    out = {}
+    cases = [(20_000, 10), (100_000, 3)] if quick else [(20_000, 75), (1_000_000, 3)]
+    for devices, frames in cases:
+        capn = os.path.join(tmp, f"full-{devices}.fwrec")
+        c = run_json(["sim", "--target", "127.0.0.1:9", "--devices", str(devices), "--rate", "0",
+                      "--frames", str(frames), "--record", capn, "--json"])
+        sinks, serves = [], []
+        for i in range(1 if quick else 3):
+            sinks.append(sink_trial(capn, c["sent"], 1, 0))
+            serves.append(serve_trial(capn, 1, 0))
+            log(f"   {devices} devices, round {i + 1}: sink {sinks[-1]['send_rate']:.0f}/s "
+                f"{sinks[-1]['cpu_per_million']:.2f} CPU-s/M (lost {sinks[-1]['loss']}); serve "
+                f"{serves[-1]['send_rate']:.0f}/s {serves[-1]['cpu_per_million']:.2f} CPU-s/M "
+                f"(lost {serves[-1]['loss']}, kernel drops {serves[-1]['kernel_drops']})")
+        os.remove(capn)
+        med = lambda xs: sorted(xs)[len(xs) // 2]
+        sink_cpu = med([t["cpu_per_million"] for t in sinks])
+        serve_cpu = med([t["cpu_per_million"] for t in serves])
+        out[str(devices)] = {"frames_per_device": frames, "capture_datagrams": c["sent"], "sink": sinks,
+                             "serve": serves, "sink_cpu_per_million": sink_cpu,
+                             "serve_cpu_per_million": serve_cpu, "ratio": serve_cpu / max(sink_cpu, 1e-9)}
+        log(f"   {devices} devices: serve / bare receiver CPU per datagram {serve_cpu / max(sink_cpu, 1e-9):.2f} "
+            f"(medians {serve_cpu:.2f} / {sink_cpu:.2f})")
+    results["full_speed"] = out
+
+
 def machine():
     cpu = ""
     try:
@@ -235,7 +266,16 @@ def machine():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short trials (a smoke run, not for the record)")
+    ap.add_argument("--only", choices=["full-speed"], help="run one section and print its results as JSON")
     a = ap.parse_args()
+    if a.only == "full-speed":
+        res, tmp = {}, tempfile.mkdtemp(prefix="fw-bench-cap-")
+        try:
+            full_speed(res, tmp, a.quick)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(json.dumps(res, indent=2))
+        return
     trial_s = 2 if a.quick else 6
     ids_1m = 100_000 if a.quick else 1_000_000
     ids_10m = 300_000 if a.quick else 10_000_000
@@ -306,6 +346,8 @@ def main():
         results["ratio_cpu_ladder_median"] = (med([t["cpu_per_million"] for t in ladder["serve"][:both]])
                                               / max(med([t["cpu_per_million"] for t in ladder["sink"][:both]]), 1e-9))
         log(f"   rate ratio {results['ratio_rate']:.3f}, CPU ratio {results['ratio_cpu_per_datagram']:.2f}")
+
+    full_speed(results, tmp, a.quick)
 
     log("== 3b. cost per datagram against fleet size: 100 devices vs 1,000,000 devices")
     flat = {}
@@ -511,6 +553,9 @@ def render(r):
         L.append(f"| **CPU per datagram ratio serve / bare receiver, same offered rate** | **{r['ratio_cpu_per_datagram']:.2f}** at the first rate, **{r.get('ratio_cpu_ladder_median', float('nan')):.2f}** median over all paced rates (target <= 2) |")
     else:
         L.append("| serve: highest offered rate with zero loss | none of the trials |")
+    for k, f in r.get("full_speed", {}).items():
+        L.append(f"| **CPU per datagram at full speed, serve / bare receiver, {int(k):,} devices** ({f['capture_datagrams']:,} datagrams, median of {len(f['serve'])}) | "
+                 f"**{f['ratio']:.2f}** ({f['serve_cpu_per_million']:.2f} / {f['sink_cpu_per_million']:.2f} CPU-s per million; target <= {1.3 if int(k) <= 20000 else 1.5}) |")
     q = r["quic_vs_udp"]
     L.append(f"| sim over UDP (sendmmsg, 100 devices; server and sim not pinned) | {q['udp_rate']:,.0f} accepted/s (median) |")
     drops = sum(t.get("quinn_buffer_drops", 0) for t in q["quic"])

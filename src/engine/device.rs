@@ -287,18 +287,28 @@ impl Device {
 
     /// Heap bytes owned by this device (readings, info).
     pub(crate) fn heap_bytes(&self) -> usize {
-        use super::readings::alloc_bytes;
         let r = self.readings.as_ref().map_or(0, |r| {
-            alloc_bytes(std::mem::size_of::<Vec<ReadingSeries>>())
-                + alloc_bytes(r.capacity() * std::mem::size_of::<ReadingSeries>())
-                + r.iter().map(ReadingSeries::heap_bytes).sum::<usize>()
+            Self::series_table_bytes(r) + r.iter().map(ReadingSeries::heap_bytes).sum::<usize>()
         });
-        let i = self.info.as_ref().map_or(0, |i| {
+        r + self.info_bytes()
+    }
+
+    /// Heap bytes of the readings table itself (the box and the vector of
+    /// series, without what each series owns).
+    fn series_table_bytes(r: &Vec<ReadingSeries>) -> usize {
+        use super::readings::alloc_bytes;
+        alloc_bytes(std::mem::size_of::<Vec<ReadingSeries>>())
+            + alloc_bytes(r.capacity() * std::mem::size_of::<ReadingSeries>())
+    }
+
+    /// Heap bytes of the device info.
+    fn info_bytes(&self) -> usize {
+        use super::readings::alloc_bytes;
+        self.info.as_ref().map_or(0, |i| {
             alloc_bytes(std::mem::size_of::<Info>())
                 + alloc_bytes(i.firmware.len())
                 + alloc_bytes(i.model.len())
-        });
-        r + i
+        })
     }
 
     /// Arrival bookkeeping for one frame: jitter and latency from the
@@ -411,9 +421,10 @@ impl Device {
     fn accept_fix(&mut self, p: &Position, t_ms: u64, d_last: Option<f64>, cfg: &EngineConfig) {
         let new = Fix::from_position(p, t_ms);
         self.track.implausible_run = 0;
-        if let Some(last) = self.fix {
-            let d = d_last
-                .unwrap_or_else(|| geo::distance_m(last.lat(), last.lon(), new.lat(), new.lon()));
+        let d_last = self.fix.map(|last| {
+            d_last.unwrap_or_else(|| geo::distance_m(last.lat(), last.lon(), new.lat(), new.lon()))
+        });
+        if let (Some(last), Some(d)) = (self.fix, d_last) {
             let dt = (t_ms - last.t_ms) as f64 / 1000.0;
             if dt > 0.0 {
                 self.track.derived_speed_m_s = d / dt;
@@ -433,12 +444,17 @@ impl Device {
                 self.track.anchor_moved_ms = t_ms;
             }
             Some((alat, alon)) => {
-                let d = geo::distance_m(
-                    f64::from(alat) * 1e-7,
-                    f64::from(alon) * 1e-7,
-                    p.lat_deg(),
-                    p.lon_deg(),
-                );
+                // A moving track's anchor is the last fix: one distance.
+                let from_last = self.fix.filter(|l| (l.lat_e7, l.lon_e7) == (alat, alon));
+                let d = match (from_last, d_last) {
+                    (Some(_), Some(d)) => d,
+                    _ => geo::distance_m(
+                        f64::from(alat) * 1e-7,
+                        f64::from(alon) * 1e-7,
+                        p.lat_deg(),
+                        p.lon_deg(),
+                    ),
+                };
                 if d >= radius {
                     self.track.odometer_m += d;
                     self.track.anchor = Some((p.lat_e7, p.lon_e7));
@@ -454,7 +470,9 @@ impl Device {
 
     /// Applies a Monitoring record taken at `t_ms`. With `grow` false (the
     /// shard's reading memory is at its budget), new reading names are
-    /// dropped (counted) and series keep their allocation.
+    /// dropped (counted) and series keep their allocation. Returns the
+    /// change of [`Self::heap_bytes`] (measured on the series it touched
+    /// only, so a record without readings costs nothing to account).
     pub(super) fn on_monitoring(
         &mut self,
         m: &Monitoring<'_>,
@@ -463,10 +481,10 @@ impl Device {
         grow: bool,
         cfg: &EngineConfig,
         totals: &mut ShardTotals,
-    ) {
+    ) -> isize {
         self.counts.monitoring = self.counts.monitoring.saturating_add(1);
         totals.records.count(RecordKind::Monitoring);
-        let mut reset = clock.resets(self.health.t_ms, t_ms);
+        let reset = clock.resets(self.health.t_ms, t_ms);
         if t_ms >= self.health.t_ms || reset {
             let h = &mut self.health;
             h.t_ms = t_ms;
@@ -476,14 +494,16 @@ impl Device {
             h.rssi_dbm = m.rssi_dbm.or(h.rssi_dbm);
             h.uptime_s = m.uptime_s.or(h.uptime_s);
         }
-        reset |= self.take_readings(m, t_ms, clock, grow, cfg, totals);
-        if reset {
+        let (series_reset, heap) = self.take_readings(m, t_ms, clock, grow, cfg, totals);
+        if reset || series_reset {
             totals.clock_resets.count(RecordKind::Monitoring);
         }
+        heap
     }
 
-    /// The named readings of a Monitoring record; true when a series gave
-    /// up samples dated ahead of the server clock (see [`Clock::resets`]).
+    /// The named readings of a Monitoring record: whether a series gave up
+    /// samples dated ahead of the server clock (see [`Clock::resets`]),
+    /// and the change of the device's heap bytes.
     fn take_readings(
         &mut self,
         m: &Monitoring<'_>,
@@ -492,24 +512,27 @@ impl Device {
         grow: bool,
         cfg: &EngineConfig,
         totals: &mut ShardTotals,
-    ) -> bool {
+    ) -> (bool, isize) {
         if m.readings.is_empty() {
-            return false;
+            return (false, 0);
         }
         if self.readings.is_none() && !grow {
             // At the budget, a device without readings gets none.
             let n = m.readings.len() as u32;
             self.counts.readings_dropped = self.counts.readings_dropped.saturating_add(n);
             totals.readings_dropped += u64::from(n);
-            return false;
+            return (false, 0);
         }
         let mut reset = false;
+        let table_before = self.readings.as_deref().map_or(0, Self::series_table_bytes);
         let series = self.readings.get_or_insert_with(Default::default);
+        let mut heap = 0isize;
         for r in m.readings.iter() {
             let idx = match series.iter().position(|s| &*s.name == r.name) {
                 Some(i) => i,
                 None if series.len() < cfg.max_readings_per_device && grow => {
                     series.push(ReadingSeries::new(r.name));
+                    heap += series[series.len() - 1].heap_bytes() as isize;
                     series.len() - 1
                 }
                 None => {
@@ -518,16 +541,13 @@ impl Device {
                     continue;
                 }
             };
-            reset |= series[idx].push(
-                t_ms,
-                r.value,
-                clock,
-                cfg.reading_window_ms,
-                cfg.reading_samples,
-                grow,
-            );
+            let s = &mut series[idx];
+            let before = s.heap_bytes() as isize;
+            reset |= s.push(t_ms, r.value, clock, cfg.reading_window_ms, cfg.reading_samples, grow);
+            heap += s.heap_bytes() as isize - before;
         }
-        reset
+        heap += Self::series_table_bytes(series) as isize - table_before as isize;
+        (reset, heap)
     }
 
     /// Applies an Event record taken at `t_ms`.
@@ -552,18 +572,27 @@ impl Device {
 
     /// Applies a Hello. With `grow` false (the shard's device memory is at
     /// its budget), new device info is not stored; the Hello still counts.
-    pub(super) fn on_hello(&mut self, h: &Hello<'_>, grow: bool, totals: &mut ShardTotals) {
+    /// Returns the change of [`Self::heap_bytes`].
+    pub(super) fn on_hello(
+        &mut self,
+        h: &Hello<'_>,
+        grow: bool,
+        totals: &mut ShardTotals,
+    ) -> isize {
         self.counts.hellos = self.counts.hellos.saturating_add(1);
         totals.records.count(RecordKind::Hello);
         let same = self.info.as_ref().is_some_and(|i| {
             &*i.firmware == h.firmware && &*i.model == h.model && i.capabilities == h.capabilities
         });
         if !same && grow {
+            let before = self.info_bytes() as isize;
             self.info = Some(Box::new(Info {
                 firmware: h.firmware.into(),
                 model: h.model.into(),
                 capabilities: h.capabilities,
             }));
+            return self.info_bytes() as isize - before;
         }
+        0
     }
 }

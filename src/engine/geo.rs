@@ -1,12 +1,86 @@
-//! Great-circle geometry on the WGS 84 mean sphere.
+//! Great-circle geometry on the WGS 84 mean sphere, with a cheap path for
+//! the short hops between consecutive fixes.
+//!
+//! Consecutive fixes of one device are meters to a few hundred meters
+//! apart. For those, the equirectangular projection at the pair's mean
+//! latitude (one cosine and one square root) gives the haversine distance
+//! to within [`FAST_ERROR_M`]; the full haversine formula (five
+//! trigonometric calls) runs only for pairs farther apart than
+//! [`FAST_WITHIN_RAD`] in latitude or longitude, where the approximation
+//! would drift. The bound is three orders of magnitude below the
+//! odometer's jitter dead band (`stationary_radius`, 10 m by default), so
+//! it never changes whether a fix moves the odometer by more than
+//! rounding; `fast_path_error_is_within_its_bound` checks it against
+//! haversine.
 
 /// Mean Earth radius in meters (IUGG).
 pub(crate) const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
-/// Great-circle distance in meters between two points given in degrees
-/// (haversine formula; accurate to ~0.5 % against the ellipsoid, and well
-/// conditioned for the short hops between consecutive fixes).
+/// The cheap path's reach: both the latitude and the longitude difference
+/// below this many radians (0.001 rad: 6.4 km of latitude).
+pub(crate) const FAST_WITHIN_RAD: f64 = 1e-3;
+
+/// Largest difference between [`distance_m`] and [`haversine_m`] on the
+/// cheap path, meters (measured maximum 0.8 mm, for hops of several
+/// kilometers at high latitudes; 2 mm stated).
+#[allow(dead_code)] // the stated bound: the test checks it
+pub(crate) const FAST_ERROR_M: f64 = 2e-3;
+
+/// Largest difference between [`bearing_deg`] and the great-circle
+/// initial bearing on the cheap path, for hops of a meter or more (the
+/// engine's condition for a heading), at latitudes within ±85°: degrees.
+/// The cheap bearing is the direction at the pair's mean latitude, which
+/// differs from the initial one by half the meridians' convergence over
+/// the hop.
+#[allow(dead_code)] // the stated bound: the test checks it
+pub(crate) const FAST_BEARING_ERROR_DEG: f64 = 0.05;
+
+/// A pair of points as the cheap path sees it: differences in radians
+/// (longitude the short way round) and the mean latitude.
+struct Hop {
+    p1: f64,
+    p2: f64,
+    dp: f64,
+    dl: f64,
+}
+
+impl Hop {
+    fn new(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> Hop {
+        let mut dlon = lon2 - lon1;
+        if dlon > 180.0 {
+            dlon -= 360.0;
+        } else if dlon < -180.0 {
+            dlon += 360.0;
+        }
+        let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+        Hop { p1, p2, dp: p2 - p1, dl: dlon.to_radians() }
+    }
+
+    fn short(&self) -> bool {
+        self.dp.abs() < FAST_WITHIN_RAD && self.dl.abs() < FAST_WITHIN_RAD
+    }
+
+    /// East and north components of the hop in radians of arc.
+    fn east_north(&self) -> (f64, f64) {
+        (self.dl * (0.5 * (self.p1 + self.p2)).cos(), self.dp)
+    }
+}
+
+/// Great-circle distance in meters between two points given in degrees:
+/// within [`FAST_ERROR_M`] of [`haversine_m`] for short hops, which it
+/// computes without trigonometry but one cosine; haversine otherwise.
 pub(crate) fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let hop = Hop::new(lat1, lon1, lat2, lon2);
+    if hop.short() {
+        let (x, y) = hop.east_north();
+        return EARTH_RADIUS_M * (x * x + y * y).sqrt();
+    }
+    haversine_m(lat1, lon1, lat2, lon2)
+}
+
+/// Great-circle distance in meters (haversine formula; accurate to ~0.5 %
+/// against the ellipsoid, and well conditioned for short distances).
+pub(crate) fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let dp = p2 - p1;
     let dl = (lon2 - lon1).to_radians();
@@ -14,14 +88,29 @@ pub(crate) fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     2.0 * EARTH_RADIUS_M * a.sqrt().min(1.0).asin()
 }
 
-/// Initial bearing in degrees (0 ..< 360, clockwise from true north) from
-/// the first point to the second.
+/// Bearing in degrees (0 ..< 360, clockwise from true north) from the
+/// first point to the second: within [`FAST_BEARING_ERROR_DEG`] of the
+/// great-circle initial bearing for short hops (one cosine and one
+/// arctangent), exactly it otherwise.
 pub(crate) fn bearing_deg(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let hop = Hop::new(lat1, lon1, lat2, lon2);
+    let deg = if hop.short() {
+        let (x, y) = hop.east_north();
+        x.atan2(y).to_degrees()
+    } else {
+        initial_bearing_deg(lat1, lon1, lat2, lon2)
+    };
+    if deg < 0.0 { deg + 360.0 } else { deg }
+}
+
+/// The great-circle initial bearing, degrees in (-180, 180].
+fn initial_bearing_deg(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
     let dl = (lon2 - lon1).to_radians();
-    let y = dl.sin() * p2.cos();
-    let x = p1.cos() * p2.sin() - p1.sin() * p2.cos() * dl.cos();
-    (y.atan2(x).to_degrees() + 360.0) % 360.0
+    let (sp1, cp1) = p1.sin_cos();
+    let (sp2, cp2) = p2.sin_cos();
+    let (sdl, cdl) = dl.sin_cos();
+    (sdl * cp2).atan2(cp1 * sp2 - sp1 * cp2 * cdl).to_degrees()
 }
 
 #[cfg(test)]
@@ -36,17 +125,80 @@ mod tests {
         // Munich -> Berlin, ~504 km great circle.
         let d = distance_m(48.1372, 11.5755, 52.5200, 13.4050);
         assert!((d - 504_000.0).abs() < 3_000.0, "{d}");
-        // Across the antimeridian the short way round.
+        // Across the antimeridian the short way round, both paths.
         let d = distance_m(0.0, 179.9, 0.0, -179.9);
         assert!((d - 22_239.0).abs() < 5.0, "{d}");
+        let d = distance_m(0.0, 179.9999, 0.0, -179.9999);
+        assert!((d - 22.239).abs() < 0.01, "{d}");
         assert_eq!(distance_m(10.0, 10.0, 10.0, 10.0), 0.0);
+        // 100 m north on the cheap path.
+        let step = 100.0 / EARTH_RADIUS_M * 180.0 / std::f64::consts::PI;
+        let d = distance_m(48.0, 11.0, 48.0 + step, 11.0);
+        assert!((d - 100.0).abs() < 1e-6, "{d}");
     }
 
     #[test]
     fn known_bearings() {
-        assert!((bearing_deg(0.0, 0.0, 1.0, 0.0) - 0.0).abs() < 1e-9);
-        assert!((bearing_deg(0.0, 0.0, 0.0, 1.0) - 90.0).abs() < 1e-9);
-        assert!((bearing_deg(0.0, 0.0, -1.0, 0.0) - 180.0).abs() < 1e-9);
-        assert!((bearing_deg(0.0, 0.0, 0.0, -1.0) - 270.0).abs() < 1e-9);
+        for (lat2, lon2, want) in
+            [(1.0, 0.0, 0.0), (0.0, 1.0, 90.0), (-1.0, 0.0, 180.0), (0.0, -1.0, 270.0)]
+        {
+            assert!((bearing_deg(0.0, 0.0, lat2, lon2) - want).abs() < 1e-9);
+            // The same directions over 11 m, on the cheap path.
+            let b = bearing_deg(0.0, 0.0, lat2 * 1e-4, lon2 * 1e-4);
+            assert!((b - want).abs() < 1e-9, "{b} {want}");
+        }
+    }
+
+    /// A small deterministic generator (xorshift), so the test needs no
+    /// crate and always sees the same points.
+    struct Rng(u64);
+    impl Rng {
+        fn unit(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[test]
+    fn fast_path_error_is_within_its_bound() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let (mut worst_d, mut worst_b, mut short) = (0.0f64, 0.0f64, 0);
+        for i in 0..400_000 {
+            // Latitudes to ±89.9° (±85° for bearings), every longitude,
+            // hops up to twice the cheap path's reach so both paths run.
+            let lat1 = (rng.unit() * 2.0 - 1.0) * 89.9;
+            let lon1 = (rng.unit() * 2.0 - 1.0) * 180.0;
+            let reach = FAST_WITHIN_RAD.to_degrees() * 2.0;
+            // Every fourth pair a short hop of meters, as fixes come.
+            let scale = if i % 4 == 0 { 1e-3 } else { 1.0 };
+            let lat2 = (lat1 + (rng.unit() * 2.0 - 1.0) * reach * scale).clamp(-89.99, 89.99);
+            let mut lon2 = lon1 + (rng.unit() * 2.0 - 1.0) * reach * scale;
+            if lon2 > 180.0 {
+                lon2 -= 360.0;
+            }
+            let (fast, exact) =
+                (distance_m(lat1, lon1, lat2, lon2), haversine_m(lat1, lon1, lat2, lon2));
+            let err = (fast - exact).abs();
+            if Hop::new(lat1, lon1, lat2, lon2).short() {
+                short += 1;
+                worst_d = worst_d.max(err);
+                if exact >= 1.0 && lat1.abs() <= 85.0 && lat2.abs() <= 85.0 {
+                    let b = bearing_deg(lat1, lon1, lat2, lon2);
+                    let e = initial_bearing_deg(lat1, lon1, lat2, lon2);
+                    let e = if e < 0.0 { e + 360.0 } else { e };
+                    let diff = (b - e).abs();
+                    worst_b = worst_b.max(diff.min(360.0 - diff));
+                }
+            } else {
+                assert_eq!(fast, exact);
+            }
+        }
+        assert!(short > 100_000, "{short} short hops");
+        assert!(worst_d <= FAST_ERROR_M, "distance off by {worst_d} m");
+        assert!(worst_b <= FAST_BEARING_ERROR_DEG, "bearing off by {worst_b} degrees");
+        // The bound is not loose by orders of magnitude either.
+        assert!(worst_d > FAST_ERROR_M / 10.0, "{worst_d}");
     }
 }

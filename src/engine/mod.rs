@@ -21,6 +21,7 @@ pub(crate) mod config;
 pub(crate) mod device;
 pub(crate) mod geo;
 pub(crate) mod journal;
+pub(crate) mod prefetch;
 #[cfg(test)]
 #[allow(unsafe_code)]
 pub(crate) mod probe;
@@ -33,7 +34,7 @@ pub(crate) mod totals;
 use std::sync::{Arc, OnceLock};
 
 use fleetwire_proto::Frame;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 
 pub(crate) use config::EngineConfig;
@@ -202,6 +203,15 @@ impl Engine {
     /// Applies a batch of accepted frames that arrived at `now_ms`, taking
     /// each involved shard's lock once. Says which frames brought new
     /// records (not duplicates).
+    ///
+    /// With many devices, every frame meets a device that is not in cache
+    /// (its index slot, its state, its neighbours in the eviction list).
+    /// So the batch's shards are locked first (in ascending order, so two
+    /// receive threads cannot deadlock), every device of the batch is
+    /// looked up and its state prefetched, and only then are the frames
+    /// applied: the misses of a batch overlap. Frames are applied in the
+    /// same order either way (shard by shard in order of first appearance,
+    /// arrival order within a shard), so the results are the same.
     pub(crate) fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> IngestOutcome {
         const CHUNK: usize = 64;
         let mut out = IngestOutcome::default();
@@ -211,17 +221,33 @@ impl Engine {
             for (s, a) in shard_of.iter_mut().zip(chunk) {
                 *s = self.shard_of(a.frame.device_id);
             }
+            let mut order: arrayvec::ArrayVec<usize, CHUNK> =
+                shard_of[..chunk.len()].iter().copied().collect();
+            order.sort_unstable();
+            let mut guards: arrayvec::ArrayVec<(usize, MutexGuard<'_, Shard>), CHUNK> =
+                arrayvec::ArrayVec::new();
+            for &s in &order {
+                if guards.last().is_none_or(|(last, _)| *last != s) {
+                    guards.push((s, self.shards[s].lock()));
+                }
+            }
+            // Where each frame's shard guard is.
+            let mut guard_of = [0u8; CHUNK];
+            for (g, s) in guard_of.iter_mut().zip(&shard_of[..chunk.len()]) {
+                *g = guards.partition_point(|(x, _)| x < s) as u8;
+            }
+            for (a, &g) in chunk.iter().zip(&guard_of) {
+                guards[usize::from(g)].1.prefetch(a.frame.device_id);
+            }
             let mut done = [false; CHUNK];
             for i in 0..chunk.len() {
                 if done[i] {
                     continue;
                 }
-                let s = shard_of[i];
-                let mut shard = self.shards[s].lock();
+                let shard = &mut guards[usize::from(guard_of[i])].1;
                 for j in i..chunk.len() {
-                    if !done[j] && shard_of[j] == s {
-                        let a = &chunk[j];
-                        let r = shard.apply(now_ms, a, &self.cfg, &self.slots);
+                    if !done[j] && shard_of[j] == shard_of[i] {
+                        let r = shard.apply(now_ms, &chunk[j], &self.cfg, &self.slots);
                         let k = base + j;
                         if k < 64 {
                             out.applied |= u64::from(r.new) << k;

@@ -164,6 +164,17 @@ impl Shard {
         })
     }
 
+    /// Starts loading what applying a frame of `id` will touch (its state
+    /// and its place in the eviction list), without waiting for it.
+    pub(crate) fn prefetch(&self, id: u32) {
+        if let Some(&i) = self.index.get(&id) {
+            if let (Some(d), Some(l)) = (self.devices.get(i as usize), self.links.get(i as usize)) {
+                super::prefetch::prefetch(d);
+                super::prefetch::prefetch(l);
+            }
+        }
+    }
+
     /// Heap bytes owned by the devices (readings, device info).
     #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
@@ -289,16 +300,11 @@ impl Shard {
         self.log.record(now_ms, a);
         let frame = &a.frame;
         let i = self.slot_for(frame.device_id, now_ms, cfg.max_devices_per_shard, slots);
-        // Frames that can allocate (readings, device info) are measured, so
+        // Records that allocate (readings, device info) say by how much, so
         // the shard's device heap stays within its budget.
-        let measure = matches!(frame.body, Body::Monitoring(_) | Body::Batch(_) | Body::Hello(_));
         let grow = self.heap_bytes < cfg.max_heap_per_shard;
-        let heap_before = if measure { self.devices[i as usize].heap_bytes() } else { 0 };
-        let applied = self.apply_to(i, now_ms, a, cfg, slots, grow);
-        if measure {
-            let after = self.devices[i as usize].heap_bytes();
-            self.heap_bytes = (self.heap_bytes + after).saturating_sub(heap_before);
-        }
+        let (applied, heap) = self.apply_to(i, now_ms, a, cfg, slots, grow);
+        self.heap_bytes = self.heap_bytes.saturating_add_signed(heap);
         applied
     }
 
@@ -310,7 +316,7 @@ impl Shard {
         cfg: &EngineConfig,
         slots: &ExportSlots,
         grow: bool,
-    ) -> Applied {
+    ) -> (Applied, isize) {
         let frame = &a.frame;
         let totals = &mut self.totals;
         let d = &mut self.devices[i as usize];
@@ -329,12 +335,12 @@ impl Shard {
             if !d.recent_records().observe(frame.timestamp_ms, kind_of(&frame.body)) {
                 totals.duplicates += 1;
                 d.seq.duplicates += 1;
-                return Applied::default();
+                return (Applied::default(), 0);
             }
             d.seq.received += 1;
         } else if !Self::account(d, totals, frame) {
             // A copy carries nothing new: do not count its records twice.
-            return Applied::default();
+            return (Applied::default(), 0);
         }
         if future {
             Self::count_future(totals, &frame.body);
@@ -342,8 +348,8 @@ impl Shard {
         // Sample time: the device clock when it has one, else arrival time.
         let base = if device_ts == 0 { now_ms } else { device_ts };
         let fix_before = d.fix.map(|f| f.t_ms);
-        Self::take_records(d, totals, frame, base, clock, cfg, grow);
-        Applied { new: true, fix: d.fix.map(|f| f.t_ms) != fix_before }
+        let heap = Self::take_records(d, totals, frame, base, clock, cfg, grow);
+        (Applied { new: true, fix: d.fix.map(|f| f.t_ms) != fix_before }, heap)
     }
 
     /// Counts the records of a frame dated beyond `max_future`.
@@ -382,7 +388,8 @@ impl Shard {
         true
     }
 
-    /// What each record of a new frame does to the device.
+    /// What each record of a new frame does to the device; returns the
+    /// change of the device's heap bytes.
     fn take_records(
         d: &mut Device,
         totals: &mut ShardTotals,
@@ -391,24 +398,29 @@ impl Shard {
         clock: Clock,
         cfg: &EngineConfig,
         grow: bool,
-    ) {
+    ) -> isize {
         match &frame.body {
             Body::Position(p) => d.on_position(p, base, clock, cfg, totals),
-            Body::Monitoring(m) => d.on_monitoring(m, base, clock, grow, cfg, totals),
+            Body::Monitoring(m) => return d.on_monitoring(m, base, clock, grow, cfg, totals),
             Body::Event(e) => d.on_event(e, base, clock, totals),
-            Body::Hello(h) => d.on_hello(h, grow, totals),
+            Body::Hello(h) => return d.on_hello(h, grow, totals),
             Body::Batch(b) => {
                 totals.batches += 1;
+                let mut heap = 0;
                 for s in b.samples.iter() {
                     let t = base.saturating_sub(u64::from(s.offset_ms));
                     match &s.record {
                         Record::Position(p) => d.on_position(p, t, clock, cfg, totals),
-                        Record::Monitoring(m) => d.on_monitoring(m, t, clock, grow, cfg, totals),
+                        Record::Monitoring(m) => {
+                            heap += d.on_monitoring(m, t, clock, grow, cfg, totals);
+                        }
                         Record::Event(e) => d.on_event(e, t, clock, totals),
                     }
                 }
+                return heap;
             }
         }
+        0
     }
 
     /// Periodic upkeep: releases the export slot of devices silent for

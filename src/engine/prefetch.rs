@@ -1,0 +1,30 @@
+//! A hint asking the CPU to start loading memory that a batch will need,
+//! so that the cache misses of a batch's devices overlap instead of
+//! queueing one after another (see `Engine::ingest`).
+//!
+//! The only `unsafe` of the engine, and the only one outside
+//! `transport/sys.rs`: the prefetch intrinsic is marked unsafe because it
+//! is an SSE instruction, not because of what it does.
+#![allow(unsafe_code)]
+
+/// Asks for every cache line of `*x` to be loaded. A hint only: it reads
+/// no value, cannot fault and changes no result.
+#[inline]
+pub(crate) fn prefetch<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = (x as *const T).cast::<i8>();
+        let mut off = 0;
+        while off < std::mem::size_of::<T>() {
+            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch
+            // is a hint the CPU may ignore: it dereferences nothing and
+            // does not fault, whatever the address (this one is inside a
+            // live `T` anyway).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
