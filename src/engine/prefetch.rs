@@ -15,14 +15,16 @@ pub(crate) fn prefetch<T>(x: &T) {
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         let p = (x as *const T).cast::<i8>();
-        let mut off = 0;
-        while off < std::mem::size_of::<T>() {
+        // From the line holding the first byte to the one holding the last.
+        let start = p as usize;
+        let lines = (start % 64 + std::mem::size_of::<T>()).div_ceil(64);
+        let first = p.wrapping_sub(start % 64);
+        for k in 0..lines {
             // SAFETY: SSE is part of the x86-64 baseline, and a prefetch
             // is a hint the CPU may ignore: it dereferences nothing and
-            // does not fault, whatever the address (this one is inside a
-            // live `T` anyway).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-            off += 64;
+            // does not fault, whatever the address (these are the lines of
+            // a live `T` anyway).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(k * 64)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -716,3 +716,52 @@ fn readers_hold_locks_through_the_holder_and_get_the_same_answers() {
     let n = held.shard_count();
     assert_eq!(sections.load(std::sync::atomic::Ordering::Relaxed), 1 + 2 * n);
 }
+
+#[test]
+fn odometers_of_simulated_routes_stay_within_the_stated_bound_of_haversine() {
+    use crate::sim::model::{SimDevice, frame_buf};
+    // Simulated vehicles (driving, turning, stopping, GPS noise; id 0 is
+    // not a device) at three
+    // latitudes, one fix a second for an hour: every advance of the
+    // odometer is compared with the haversine distance from the point it
+    // advanced from.
+    let e = engine(EngineConfig::default());
+    let mut buf = frame_buf();
+    let (mut advances, mut worst, mut total, mut reference) = (0u64, 0.0f64, 0.0, 0.0);
+    for (k, center) in [(48.1, 11.6), (-33.9, 151.2), (69.6, 18.9)].into_iter().enumerate() {
+        for n in 0..20u32 {
+            let id = k as u32 * 100 + n + 1;
+            let mut dev = SimDevice::new(id, 42, center);
+            let (mut anchor, mut odo) = (None::<(i32, i32)>, 0.0);
+            for s in 0..3600u64 {
+                let now = T0 + s * 1000;
+                let len = dev.next_frame(now, 1.0, &mut buf);
+                let f = fleetwire_proto::decode(&buf[..len]).expect("the simulator's frames decode");
+                send(&e, now, f);
+                let (o, fix) = e.with_device(id, |d| (d.track.odometer_m, d.fix)).unwrap();
+                let Some(fix) = fix else { continue };
+                if o > odo {
+                    let (alat, alon) = anchor.expect("the odometer advances from an anchor");
+                    let h = geo::haversine_m(
+                        f64::from(alat) * 1e-7,
+                        f64::from(alon) * 1e-7,
+                        fix.lat(),
+                        fix.lon(),
+                    );
+                    worst = worst.max(((o - odo) - h).abs());
+                    reference += h;
+                    advances += 1;
+                    anchor = Some((fix.lat_e7, fix.lon_e7));
+                } else if anchor.is_none() {
+                    anchor = Some((fix.lat_e7, fix.lon_e7));
+                }
+                odo = o;
+            }
+            total += odo;
+        }
+    }
+    assert!(advances > 10_000, "{advances} advances");
+    assert!(worst <= geo::FAST_ERROR_M, "an advance was {worst} m off haversine");
+    let bound = advances as f64 * geo::FAST_ERROR_M;
+    assert!((total - reference).abs() <= bound, "{total} m against {reference} m (bound {bound} m)");
+}
