@@ -228,8 +228,8 @@ impl RecentRecords {
 /// What the plausibility filter found for a fix it lets through.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Checked {
-    /// A fix after the last one (the distance from it, when known).
-    After(Option<f64>),
+    /// A fix after the last one (the hop from it, when measured).
+    After(Option<geo::Hop>),
     /// Earlier than the last fix, whose time was ahead of the server clock:
     /// the device's clock went back.
     ClockReset,
@@ -363,7 +363,7 @@ impl Device {
                 self.track.anchor_moved_ms = self.track.anchor_moved_ms.min(t_ms);
                 self.accept_fix(p, t_ms, None, cfg);
             }
-            Ok(Checked::After(d_last)) => self.accept_fix(p, t_ms, d_last, cfg),
+            Ok(Checked::After(hop)) => self.accept_fix(p, t_ms, hop, cfg),
         }
     }
 
@@ -398,7 +398,8 @@ impl Device {
             }
             return Err(FilterReason::OutOfOrder);
         }
-        let d = geo::distance_m(last.lat(), last.lon(), p.lat_deg(), p.lon_deg());
+        let hop = geo::Hop::new(last.lat(), last.lon(), p.lat_deg(), p.lon_deg());
+        let d = hop.distance_m;
         let dt = (t_ms - last.t_ms) as f64 / 1000.0;
         // Two fixes can each be off by their accuracy: at high rates GPS
         // noise alone would otherwise look like an impossible speed.
@@ -415,23 +416,23 @@ impl Device {
             self.fix = None;
             return Ok(Checked::After(None));
         }
-        Ok(Checked::After(Some(d)))
+        Ok(Checked::After(Some(hop)))
     }
 
-    fn accept_fix(&mut self, p: &Position, t_ms: u64, d_last: Option<f64>, cfg: &EngineConfig) {
+    fn accept_fix(&mut self, p: &Position, t_ms: u64, hop: Option<geo::Hop>, cfg: &EngineConfig) {
         let new = Fix::from_position(p, t_ms);
         self.track.implausible_run = 0;
-        let d_last = self.fix.map(|last| {
-            d_last.unwrap_or_else(|| geo::distance_m(last.lat(), last.lon(), new.lat(), new.lon()))
+        let hop = self.fix.map(|last| {
+            hop.unwrap_or_else(|| geo::Hop::new(last.lat(), last.lon(), new.lat(), new.lon()))
         });
-        if let (Some(last), Some(d)) = (self.fix, d_last) {
+        let d_last = hop.map(|h| h.distance_m);
+        if let (Some(last), Some(hop)) = (self.fix, hop) {
             let dt = (t_ms - last.t_ms) as f64 / 1000.0;
             if dt > 0.0 {
-                self.track.derived_speed_m_s = d / dt;
+                self.track.derived_speed_m_s = hop.distance_m / dt;
             }
-            if d >= 1.0 {
-                self.track.derived_heading_deg =
-                    geo::bearing_deg(last.lat(), last.lon(), new.lat(), new.lon());
+            if hop.distance_m >= 1.0 {
+                self.track.derived_heading_deg = hop.bearing_deg();
             }
         }
         // Odometer: advance only once the fix has left a radius around the

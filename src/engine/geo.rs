@@ -35,17 +35,21 @@ pub(crate) const FAST_ERROR_M: f64 = 2e-3;
 #[allow(dead_code)] // the stated bound: the test checks it
 pub(crate) const FAST_BEARING_ERROR_DEG: f64 = 0.05;
 
-/// A pair of points as the cheap path sees it: differences in radians
-/// (longitude the short way round) and the mean latitude.
-struct Hop {
-    p1: f64,
-    p2: f64,
-    dp: f64,
-    dl: f64,
+/// The way from one point to another, measured once: its distance now,
+/// its bearing when asked (a fix's distance and heading share the work).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Hop {
+    /// Meters (see [`distance_m`]).
+    pub(crate) distance_m: f64,
+    /// East and north components in radians of arc, for a short hop.
+    short: Option<(f64, f64)>,
+    from: (f64, f64),
+    to: (f64, f64),
 }
 
 impl Hop {
-    fn new(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> Hop {
+    /// The hop between two points given in degrees.
+    pub(crate) fn new(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> Hop {
         let mut dlon = lon2 - lon1;
         if dlon > 180.0 {
             dlon -= 360.0;
@@ -53,23 +57,37 @@ impl Hop {
             dlon += 360.0;
         }
         let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-        Hop { p1, p2, dp: p2 - p1, dl: dlon.to_radians() }
+        let (dp, dl) = (p2 - p1, dlon.to_radians());
+        let (from, to) = ((lat1, lon1), (lat2, lon2));
+        if dp.abs() < FAST_WITHIN_RAD && dl.abs() < FAST_WITHIN_RAD {
+            let (x, y) = (dl * cos_lat(0.5 * (p1 + p2)), dp);
+            let distance_m = EARTH_RADIUS_M * (x * x + y * y).sqrt();
+            return Hop { distance_m, short: Some((x, y)), from, to };
+        }
+        Hop { distance_m: haversine_m(lat1, lon1, lat2, lon2), short: None, from, to }
     }
 
-    fn short(&self) -> bool {
-        self.dp.abs() < FAST_WITHIN_RAD && self.dl.abs() < FAST_WITHIN_RAD
+    /// Whether the cheap path measured it.
+    #[cfg(test)]
+    fn is_short(&self) -> bool {
+        self.short.is_some()
     }
 
-    /// East and north components of the hop in radians of arc.
-    fn east_north(&self) -> (f64, f64) {
-        (self.dl * cos_lat(0.5 * (self.p1 + self.p2)), self.dp)
+    /// Its bearing (see [`bearing_deg`]).
+    pub(crate) fn bearing_deg(&self) -> f64 {
+        let deg = match self.short {
+            Some((x, y)) => atan2_fast(x, y).to_degrees(),
+            None => initial_bearing_deg(self.from.0, self.from.1, self.to.0, self.to.1),
+        };
+        if deg < 0.0 { deg + 360.0 } else { deg }
     }
 }
 
 /// The cosine of a latitude in radians (|x| <= pi/2), from its Taylor
-/// series to the x^16 term: off by less than 1e-10 there (6.6e-11 at the
-/// poles), a fraction of a micrometer on any short hop, and a few
-/// multiplications instead of a libm call.
+/// series to the x^16 term (evaluated in Estrin's scheme, so the
+/// multiplications do not wait for each other): off by less than 1e-10
+/// there (6.6e-11 at the poles), a fraction of a micrometer on any short
+/// hop, and no libm call.
 fn cos_lat(x: f64) -> f64 {
     const C: [f64; 9] = [
         1.0,
@@ -83,7 +101,10 @@ fn cos_lat(x: f64) -> f64 {
         1.0 / 20_922_789_888_000.0,
     ];
     let s = x * x;
-    C.iter().rev().fold(0.0, |acc, c| acc * s + c)
+    let (s2, s4) = (s * s, s * s * s * s);
+    let low = (C[0] + C[1] * s) + s2 * (C[2] + C[3] * s);
+    let high = (C[4] + C[5] * s) + s2 * (C[6] + C[7] * s);
+    low + s4 * (high + s4 * C[8])
 }
 
 /// Largest error of [`atan2_fast`] in radians (Abramowitz & Stegun 4.4.49:
@@ -103,9 +124,10 @@ fn atan2_fast(y: f64, x: f64) -> f64 {
     }
     let (a, steep) = if ay > ax { (ax / ay, true) } else { (ay / ax, false) };
     let s = a * a;
-    let mut r = a
-        * (0.999_866_0
-            + s * (-0.330_299_5 + s * (0.180_141_0 + s * (-0.085_133_0 + s * 0.020_835_1))));
+    let s2 = s * s;
+    let p = (0.999_866_0 + s * -0.330_299_5)
+        + s2 * ((0.180_141_0 + s * -0.085_133_0) + s2 * 0.020_835_1);
+    let mut r = a * p;
     if steep {
         r = FRAC_PI_2 - r;
     }
@@ -119,12 +141,7 @@ fn atan2_fast(y: f64, x: f64) -> f64 {
 /// within [`FAST_ERROR_M`] of [`haversine_m`] for short hops, which it
 /// computes without a libm call but the square root; haversine otherwise.
 pub(crate) fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let hop = Hop::new(lat1, lon1, lat2, lon2);
-    if hop.short() {
-        let (x, y) = hop.east_north();
-        return EARTH_RADIUS_M * (x * x + y * y).sqrt();
-    }
-    haversine_m(lat1, lon1, lat2, lon2)
+    Hop::new(lat1, lon1, lat2, lon2).distance_m
 }
 
 /// Great-circle distance in meters (haversine formula; accurate to ~0.5 %
@@ -141,15 +158,9 @@ pub(crate) fn haversine_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 /// first point to the second: within [`FAST_BEARING_ERROR_DEG`] of the
 /// great-circle initial bearing for short hops (polynomials for the cosine
 /// and the arctangent), exactly it otherwise.
+#[cfg(test)]
 pub(crate) fn bearing_deg(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let hop = Hop::new(lat1, lon1, lat2, lon2);
-    let deg = if hop.short() {
-        let (x, y) = hop.east_north();
-        atan2_fast(x, y).to_degrees()
-    } else {
-        initial_bearing_deg(lat1, lon1, lat2, lon2)
-    };
-    if deg < 0.0 { deg + 360.0 } else { deg }
+    Hop::new(lat1, lon1, lat2, lon2).bearing_deg()
 }
 
 /// The great-circle initial bearing, degrees in (-180, 180].
@@ -251,7 +262,7 @@ mod tests {
             let (fast, exact) =
                 (distance_m(lat1, lon1, lat2, lon2), haversine_m(lat1, lon1, lat2, lon2));
             let err = (fast - exact).abs();
-            if Hop::new(lat1, lon1, lat2, lon2).short() {
+            if Hop::new(lat1, lon1, lat2, lon2).is_short() {
                 short += 1;
                 worst_d = worst_d.max(err);
                 if exact >= 1.0 && lat1.abs() <= 85.0 && lat2.abs() <= 85.0 {

@@ -736,7 +736,8 @@ fn odometers_of_simulated_routes_stay_within_the_stated_bound_of_haversine() {
             for s in 0..3600u64 {
                 let now = T0 + s * 1000;
                 let len = dev.next_frame(now, 1.0, &mut buf);
-                let f = fleetwire_proto::decode(&buf[..len]).expect("the simulator's frames decode");
+                let f =
+                    fleetwire_proto::decode(&buf[..len]).expect("the simulator's frames decode");
                 send(&e, now, f);
                 let (o, fix) = e.with_device(id, |d| (d.track.odometer_m, d.fix)).unwrap();
                 let Some(fix) = fix else { continue };
@@ -763,5 +764,8 @@ fn odometers_of_simulated_routes_stay_within_the_stated_bound_of_haversine() {
     assert!(advances > 10_000, "{advances} advances");
     assert!(worst <= geo::FAST_ERROR_M, "an advance was {worst} m off haversine");
     let bound = advances as f64 * geo::FAST_ERROR_M;
-    assert!((total - reference).abs() <= bound, "{total} m against {reference} m (bound {bound} m)");
+    assert!(
+        (total - reference).abs() <= bound,
+        "{total} m against {reference} m (bound {bound} m)"
+    );
 }
