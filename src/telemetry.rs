@@ -69,8 +69,109 @@ impl Gauge {
     }
 }
 
+/// A histogram with fixed buckets, counted in atomics: values are added a
+/// batch at a time ([`Histogram::record`] of a [`HistogramBatch`]), so a
+/// hot path pays one atomic add per non-empty bucket per batch, not per
+/// value. Values are integers in a unit of the caller's choice (`scale`
+/// of them make one of the rendered unit: 1e9 for nanoseconds rendered as
+/// seconds).
+#[derive(Debug, Clone)]
+pub(crate) struct Histogram(Arc<HistogramInner>);
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// Upper bounds in the rendered unit, ascending (+Inf implied).
+    bounds: &'static [f64],
+    /// The same bounds in the recorded unit.
+    limits: Box<[u64]>,
+    scale: f64,
+    /// Per bucket (not cumulative), the last one +Inf.
+    counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+/// Values counted locally before they go into a [`Histogram`] at once.
+#[derive(Debug, Clone)]
+pub(crate) struct HistogramBatch {
+    counts: [u64; MAX_BUCKETS],
+    sum: u64,
+    n: u64,
+}
+
+/// Most buckets of a histogram (+Inf included).
+pub(crate) const MAX_BUCKETS: usize = 24;
+
+impl Histogram {
+    /// A histogram that counts nowhere visible (tests and tools).
+    pub(crate) fn detached(bounds: &'static [f64], scale: f64) -> Histogram {
+        Histogram::new(bounds, scale)
+    }
+
+    fn new(bounds: &'static [f64], scale: f64) -> Histogram {
+        assert!(bounds.len() < MAX_BUCKETS, "at most {} bounds", MAX_BUCKETS - 1);
+        Histogram(Arc::new(HistogramInner {
+            bounds,
+            limits: bounds.iter().map(|b| (b * scale).round() as u64).collect(),
+            scale,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }))
+    }
+
+    /// An empty batch for this histogram.
+    pub(crate) fn batch(&self) -> HistogramBatch {
+        HistogramBatch { counts: [0; MAX_BUCKETS], sum: 0, n: 0 }
+    }
+
+    /// Counts `v` (in the recorded unit) into `b`.
+    #[inline]
+    pub(crate) fn count(&self, b: &mut HistogramBatch, v: u64) {
+        let i = self.0.limits.partition_point(|&l| l < v);
+        b.counts[i] += 1;
+        b.sum = b.sum.saturating_add(v);
+        b.n += 1;
+    }
+
+    /// Adds a batch counted with [`Self::count`], and empties it.
+    pub(crate) fn record(&self, b: &mut HistogramBatch) {
+        if b.n == 0 {
+            return;
+        }
+        for (c, n) in self.0.counts.iter().zip(&b.counts) {
+            if *n > 0 {
+                c.fetch_add(*n, Relaxed);
+            }
+        }
+        self.0.sum.fetch_add(b.sum, Relaxed);
+        *b = self.batch();
+    }
+
+    /// What it has counted.
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            bounds: self.0.bounds,
+            counts: self.0.counts.iter().map(|c| c.load(Relaxed)).collect(),
+            sum: self.0.sum.load(Relaxed) as f64 / self.0.scale,
+        }
+    }
+}
+
+/// A histogram's counts at one moment: per bucket (not cumulative, one
+/// more than `bounds`, the last +Inf), and the sum in the rendered unit.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HistogramSnapshot {
+    /// Upper bounds, ascending.
+    pub(crate) bounds: &'static [f64],
+    /// Counts per bucket.
+    pub(crate) counts: Vec<u64>,
+    /// Sum of the values.
+    pub(crate) sum: f64,
+}
+
 /// Where a series' value comes from.
 enum Source {
+    /// Buckets, sum and count.
+    Histogram(Histogram),
     Counter(Counter),
     Gauge(Gauge),
     /// Evaluated at scrape time; must be monotonic.
@@ -89,6 +190,7 @@ struct Series {
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 impl Kind {
@@ -96,6 +198,7 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         }
     }
 }
@@ -223,6 +326,33 @@ impl Registry {
         )
     }
 
+    /// The histogram `name{labels}` with upper bounds `bounds` (rendered
+    /// unit, ascending), recording integers of which `scale` make one
+    /// rendered unit. Registering it again returns the same histogram.
+    pub(crate) fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        bounds: &'static [f64],
+        scale: f64,
+    ) -> Histogram {
+        self.series(
+            name,
+            help,
+            Kind::Histogram,
+            &label_string(labels),
+            || {
+                let h = Histogram::new(bounds, scale);
+                (Source::Histogram(h.clone()), h)
+            },
+            |s| match s {
+                Source::Histogram(h) => Some(h.clone()),
+                _ => None,
+            },
+        )
+    }
+
     /// A counter whose value `f` reads at scrape time from somewhere else
     /// (it must never decrease).
     pub(crate) fn counter_fn(
@@ -294,8 +424,27 @@ pub(crate) fn push_number(out: &mut String, v: f64) {
     }
 }
 
+/// The lines of one histogram series: cumulative buckets, sum, count.
+pub(crate) fn render_histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    let (bucket, sum, count) = (format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count"));
+    let mut le = String::new();
+    let mut cumulative = 0;
+    for (i, n) in h.counts.iter().enumerate() {
+        cumulative += n;
+        le.clear();
+        match h.bounds.get(i) {
+            Some(b) => push_number(&mut le, *b),
+            None => le.push_str("+Inf"),
+        }
+        line(out, &bucket, labels, Some(("le", &le)), cumulative as f64);
+    }
+    line(out, &sum, labels, None, h.sum);
+    line(out, &count, labels, None, cumulative as f64);
+}
+
 fn render_series(out: &mut String, name: &str, labels: &str, source: &Source) {
     match source {
+        Source::Histogram(h) => render_histogram(out, name, labels, &h.snapshot()),
         Source::Counter(c) => line(out, name, labels, None, c.get() as f64),
         Source::Gauge(g) => line(out, name, labels, None, g.get()),
         Source::CounterFn(f) => line(out, name, labels, None, f() as f64),
@@ -386,6 +535,37 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_counts_by_batch_and_renders_cumulative_buckets() {
+        static BOUNDS: &[f64] = &[0.001, 0.01, 1.0];
+        let r = Registry::new();
+        let h = r.histogram("fleetwire_test_seconds", "A test.", &[], BOUNDS, 1e9);
+        let mut b = h.batch();
+        // On a bound counts in its bucket (le is "less or equal").
+        for ns in [500_000, 1_000_000, 1_000_001, 2_000_000_000] {
+            h.count(&mut b, ns);
+        }
+        let empty = h.snapshot();
+        assert_eq!(empty.counts, [0, 0, 0, 0], "nothing before the batch is recorded");
+        h.record(&mut b);
+        h.record(&mut b);
+        let snap = h.snapshot();
+        assert_eq!(snap.counts, [2, 1, 0, 1]);
+        assert!((snap.sum - 2.002500001).abs() < 1e-12);
+        let mut out = String::new();
+        r.render(&mut out);
+        for want in [
+            "# TYPE fleetwire_test_seconds histogram\n",
+            "fleetwire_test_seconds_bucket{le=\"0.001\"} 2\n",
+            "fleetwire_test_seconds_bucket{le=\"0.01\"} 3\n",
+            "fleetwire_test_seconds_bucket{le=\"1\"} 3\n",
+            "fleetwire_test_seconds_bucket{le=\"+Inf\"} 4\n",
+            "fleetwire_test_seconds_count 4\n",
+        ] {
+            assert!(out.contains(want), "{want} in\n{out}");
+        }
+    }
 
     #[test]
     fn series_render_once_and_read_back() {

@@ -41,7 +41,7 @@ pub(crate) use config::EngineConfig;
 pub(crate) use device::Device;
 pub(crate) use journal::{LogChunk, RecordError};
 pub(crate) use shard::{ExportSlots, Shard};
-pub(crate) use totals::{FilterReason, RecordKind, SEVERITIES, ShardTotals};
+pub(crate) use totals::{FilterReason, RecordKind, SEVERITIES, ShardTotals, TRANSIT_BOUNDS};
 
 /// How the engine tells a new frame from a copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

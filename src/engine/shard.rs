@@ -344,6 +344,9 @@ impl Shard {
         }
         if future {
             Self::count_future(totals, &frame.body);
+        } else if device_ts != 0 {
+            let transit = i128::from(now_ms) - i128::from(device_ts);
+            totals.transit.count(transit.clamp(i64::MIN.into(), i64::MAX.into()) as i64);
         }
         // Sample time: the device clock when it has one, else arrival time.
         let base = if device_ts == 0 { now_ms } else { device_ts };

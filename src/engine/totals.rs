@@ -116,6 +116,44 @@ impl FilterReason {
     }
 }
 
+/// Upper bounds of the fleet's transit delay histogram, seconds: arrival
+/// minus the device's timestamp. A device clock ahead of the server's
+/// gives a negative delay, counted in the first bucket (`le="0"`).
+pub(crate) const TRANSIT_BOUNDS: &[f64] = &[
+    0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    86_400.0,
+];
+
+/// [`TRANSIT_BOUNDS`] in milliseconds.
+const TRANSIT_LIMITS_MS: [i64; 16] = [
+    0, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 900_000,
+    3_600_000, 86_400_000,
+];
+
+/// Frames with a device timestamp by transit delay (arrival minus device
+/// time): the store-and-forward and clock-skew signal of the fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TransitCounts {
+    /// Per bucket of [`TRANSIT_BOUNDS`] (not cumulative), the last +Inf.
+    pub counts: [u64; 17],
+    /// Sum of the delays, milliseconds.
+    pub sum_ms: i64,
+}
+
+impl TransitCounts {
+    /// Counts a frame that took `transit_ms` (negative: device clock ahead).
+    pub(crate) fn count(&mut self, transit_ms: i64) {
+        let i = TRANSIT_LIMITS_MS.partition_point(|&l| l < transit_ms);
+        self.counts[i] += 1;
+        self.sum_ms = self.sum_ms.saturating_add(transit_ms);
+    }
+
+    fn add(&mut self, o: &TransitCounts) {
+        self.counts.iter_mut().zip(o.counts).for_each(|(a, b)| *a += b);
+        self.sum_ms = self.sum_ms.saturating_add(o.sum_ms);
+    }
+}
+
 /// Fleet counters (monotonic except `online`), per shard and summed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ShardTotals {
@@ -157,6 +195,10 @@ pub(crate) struct ShardTotals {
     /// ahead of the server clock (the device's clock jumped back), by kind.
     #[serde(default, deserialize_with = "or_default")]
     pub clock_resets: RecordCounts,
+    /// New frames with a device timestamp, by transit delay (missing from
+    /// earlier snapshots, where it reads as empty).
+    #[serde(default, deserialize_with = "or_default")]
+    pub transit: TransitCounts,
 }
 
 /// A field that an older snapshot header does not have: postcard has no
@@ -199,5 +241,6 @@ impl ShardTotals {
         self.online += o.online;
         self.future.add(&o.future);
         self.clock_resets.add(&o.clock_resets);
+        self.transit.add(&o.transit);
     }
 }

@@ -11,8 +11,8 @@ use std::fmt::Write;
 
 use crate::engine::device::{Fix, Health, Track};
 use crate::engine::readings::{ReadingSeries, WindowStats};
-use crate::engine::{Engine, FilterReason, SEVERITIES, Summary};
-use crate::telemetry::{escape_label, push_number};
+use crate::engine::{Engine, FilterReason, SEVERITIES, Summary, TRANSIT_BOUNDS};
+use crate::telemetry::{HistogramSnapshot, escape_label, push_number, render_histogram};
 
 /// A copy of what is exported for one device, taken under its shard lock.
 struct Row {
@@ -448,6 +448,19 @@ pub(crate) fn render_engine(engine: &Engine, now_ms: u64, out: &mut String) {
             sample(out, f.name, &labels, v);
         }
     }
+    let t = &sum.totals.transit;
+    head(
+        out,
+        "fleetwire_transit_delay_seconds",
+        "histogram",
+        "Frames with a device timestamp by transit delay: arrival minus the device's time (store-and-forward backlog, or clock skew; a clock ahead of the server's counts below 0).",
+    );
+    let snap = HistogramSnapshot {
+        bounds: TRANSIT_BOUNDS,
+        counts: t.counts.to_vec(),
+        sum: t.sum_ms as f64 / 1000.0,
+    };
+    render_histogram(out, "fleetwire_transit_delay_seconds", "", &snap);
     let rows = collect(engine, now_ms);
     render_devices(&rows, out);
 }

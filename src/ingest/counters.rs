@@ -3,7 +3,13 @@
 //! through cached handles, and `/api/summary` reads the same handles.
 
 use super::reason::{Reason, Transport};
-use crate::telemetry::{Counter, Registry};
+use crate::telemetry::{Counter, Histogram, Registry};
+
+/// Upper bounds of `fleetwire_ingest_delay_seconds`: 10 µs to 1 s.
+pub(crate) const DELAY_BOUNDS: &[f64] = &[
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1,
+    0.25, 0.5, 1.0,
+];
 
 /// The counters of one transport.
 #[derive(Debug, Clone, Default)]
@@ -53,16 +59,30 @@ impl TransportCounters {
 }
 
 /// The counters of every transport.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct IngestCounters {
     by_transport: [TransportCounters; Transport::ALL.len()],
+    /// From the kernel's receipt of a datagram to the engine having
+    /// applied its frame (nanoseconds; datagrams with a kernel timestamp,
+    /// UDP ingest).
+    pub(crate) delay: Histogram,
 }
 
 impl IngestCounters {
     /// Registers every transport's counters with `r` (all start at 0, so
     /// rates work from the first scrape).
     pub(crate) fn register(r: &Registry) -> Self {
-        IngestCounters { by_transport: Transport::ALL.map(|t| TransportCounters::register(r, t)) }
+        IngestCounters {
+            by_transport: Transport::ALL.map(|t| TransportCounters::register(r, t)),
+            delay: r.histogram(
+                "fleetwire_ingest_delay_seconds",
+                "Time from the kernel's receipt of a UDP datagram to the engine having applied \
+                 its frame, for every accepted datagram.",
+                &[],
+                DELAY_BOUNDS,
+                1e9,
+            ),
+        }
     }
 
     /// Counters that count nowhere visible (tests and tools).
@@ -72,6 +92,7 @@ impl IngestCounters {
                 rejected: Reason::of(t).into_iter().map(|_| Counter::default()).collect(),
                 ..TransportCounters::default()
             }),
+            delay: Histogram::detached(DELAY_BOUNDS, 1e9),
         }
     }
 

@@ -28,6 +28,9 @@ pub(crate) struct Datagram<'a> {
     pub(crate) source: Option<SocketAddr>,
     /// Device id proven by a QUIC client certificate.
     pub(crate) identity: Option<u32>,
+    /// When the kernel received it (Unix ns), or 0 when unknown: accepted
+    /// datagrams with one count in `fleetwire_ingest_delay_seconds`.
+    pub(crate) received_ns: u64,
 }
 
 /// Outcome counts of one [`Pipeline::handle`] call.
@@ -253,12 +256,21 @@ impl Pipeline {
         let mut out = BatchOutcome::default();
         let mut rejected = [0u64; MAX_REASONS];
         let mut bytes = 0u64;
+        let delay = &self.counters.delay;
+        let mut delays = delay.batch();
         for chunk in datagrams.chunks(CHUNK) {
             let mut batch: ArrayVec<Accepted<'_>, CHUNK> = ArrayVec::new();
+            // Kernel receive times of the accepted datagrams that have one.
+            let mut stamps: ArrayVec<u64, CHUNK> = ArrayVec::new();
             for d in chunk {
                 bytes += d.bytes.len() as u64;
                 match self.check(t, now_ms, d) {
-                    Ok(a) => batch.push(a),
+                    Ok(a) => {
+                        batch.push(a);
+                        if d.received_ns != 0 {
+                            stamps.push(d.received_ns);
+                        }
+                    }
                     Err(reason) => {
                         rejected[reason.index(t)] += 1;
                         out.rejected += 1;
@@ -267,6 +279,13 @@ impl Pipeline {
                 }
             }
             let done = self.engine.ingest(now_ms, &batch);
+            if !stamps.is_empty() {
+                // One clock read per batch: when its frames were applied.
+                let applied = crate::clock::now_ns();
+                for &at in &stamps {
+                    delay.count(&mut delays, applied.saturating_sub(at));
+                }
+            }
             let new = NewRecords {
                 transport: t,
                 now_ms,
@@ -282,6 +301,7 @@ impl Pipeline {
             }
             out.accepted += batch.len() as u64;
         }
+        delay.record(&mut delays);
         counters.received.add(datagrams.len() as u64);
         counters.bytes.add(bytes);
         counters.accepted.add(out.accepted);

@@ -527,7 +527,7 @@ async fn datagram_loop(conn: &quinn::Connection, shared: &Shared, identity: Opti
         }
         let views: arrayvec::ArrayVec<Datagram<'_>, DATAGRAM_BATCH> = batch
             .iter()
-            .map(|b| Datagram { bytes: b, truncated: false, source, identity })
+            .map(|b| Datagram { bytes: b, truncated: false, source, identity, received_ns: 0 })
             .collect();
         shared.pipeline.handle(Transport::Quic, now_ms(), &views);
         drop(views);
@@ -565,7 +565,7 @@ async fn stream_loop(
             return incomplete(shared, source, identity);
         }
         shared.metrics.stream_frames.inc();
-        let d = Datagram { bytes: &buf[..keep], truncated, source, identity };
+        let d = Datagram { bytes: &buf[..keep], truncated, source, identity, received_ns: 0 };
         shared.pipeline.handle(Transport::Quic, now_ms(), &[d]);
     }
 }
@@ -589,7 +589,7 @@ fn incomplete(shared: &Shared, source: Option<SocketAddr>, identity: Option<u32>
     shared.pipeline.handle(
         Transport::Quic,
         now_ms(),
-        &[Datagram { bytes: &[], truncated: false, source, identity }],
+        &[Datagram { bytes: &[], truncated: false, source, identity, received_ns: 0 }],
     );
 }
 

@@ -1,7 +1,8 @@
 //! The system calls the standard library does not wrap: `recvmmsg(2)`,
-//! `sendmmsg(2)`, `SO_RCVBUFFORCE` and a thread's nice value
-//! (`setpriority(2)`). The only `unsafe` code of the server; every block
-//! says why it is sound.
+//! `sendmmsg(2)`, `SO_RCVBUFFORCE`, receive timestamps (`SO_TIMESTAMPNS`
+//! and their control messages) and a thread's nice value
+//! (`setpriority(2)`). The server's `unsafe` code, but for one prefetch
+//! hint in `engine/prefetch.rs`; every block says why it is sound.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -74,12 +75,37 @@ pub(crate) fn sendmmsg(socket: &UdpSocket, datagrams: &[Vec<u8>]) -> io::Result<
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
+/// Asks the kernel to stamp every datagram the socket receives with the
+/// time it arrived (`SO_TIMESTAMPNS`, `CLOCK_REALTIME` nanoseconds), which
+/// [`Batch::received_ns`] reads from the control messages.
+pub(crate) fn enable_receive_timestamps(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the
+    // size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Control-message space per datagram: room for one `SCM_TIMESTAMPNS`
+/// (a cmsghdr and a timespec, 32 bytes on 64-bit Linux) and then some.
+const CONTROL: usize = 64;
+
 /// Preallocated buffers and headers for one `recvmmsg` call.
 pub(crate) struct Batch {
     slot: usize,
     bufs: Vec<u8>,
     iovecs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
+    /// Control messages, 8-byte aligned as cmsghdr needs.
+    control: Vec<[u64; CONTROL / 8]>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
@@ -97,20 +123,24 @@ impl Batch {
             .chunks_mut(slot)
             .map(|c| libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() })
             .collect();
+        let mut control = vec![[0u64; CONTROL / 8]; n];
         let hdrs = iovecs
             .iter_mut()
             .zip(addrs.iter_mut())
-            .map(|(iov, addr)| {
+            .zip(control.iter_mut())
+            .map(|((iov, addr), ctl)| {
                 // SAFETY: mmsghdr is plain old data; all-zero is valid.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
                 h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
                 h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                h.msg_hdr.msg_control = ctl.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = CONTROL as _;
                 h
             })
             .collect();
-        Batch { slot, bufs, iovecs, addrs, hdrs }
+        Batch { slot, bufs, iovecs, addrs, control, hdrs }
     }
 
     /// Reads up to a batch of datagrams. With `block`, waits (up to the
@@ -119,6 +149,7 @@ impl Batch {
     pub(crate) fn recv(&mut self, socket: &UdpSocket, block: bool) -> io::Result<usize> {
         for h in &mut self.hdrs {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            h.msg_hdr.msg_controllen = CONTROL as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
@@ -145,8 +176,40 @@ impl Batch {
         let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let start = i * self.slot;
         let source = sockaddr(&self.addrs[i]);
-        let _ = &self.iovecs;
+        let _ = (&self.iovecs, &self.control);
         (&self.bufs[start..start + len], truncated, source)
+    }
+
+    /// When the kernel received datagram `i` of the last call (Unix
+    /// nanoseconds, `CLOCK_REALTIME`), if the socket asked for receive
+    /// timestamps ([`enable_receive_timestamps`]); 0 otherwise.
+    pub(crate) fn received_ns(&self, i: usize) -> u64 {
+        let Some(h) = self.hdrs.get(i) else { return 0 };
+        let m = &h.msg_hdr;
+        // SAFETY: the kernel set msg_controllen to the bytes it wrote into
+        // our CONTROL-byte buffer (never more); CMSG_FIRSTHDR and
+        // CMSG_NXTHDR stay inside that length, and each header's data is
+        // read unaligned, as a timespec only when its level, type and
+        // length say it holds one.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(m);
+            while !c.is_null() {
+                let want = libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize;
+                if (*c).cmsg_level == libc::SOL_SOCKET
+                    && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
+                    && (*c).cmsg_len as usize >= want
+                {
+                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                    let (sec, nsec) = (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec));
+                    return match (sec, nsec) {
+                        (Ok(s), Ok(n)) => s.saturating_mul(1_000_000_000).saturating_add(n),
+                        _ => 0,
+                    };
+                }
+                c = libc::CMSG_NXTHDR(m, c);
+            }
+        }
+        0
     }
 }
 

@@ -95,7 +95,8 @@ pub(crate) fn bind_for(
 }
 
 /// Binds `threads` sockets on `addr` (all on the port the first one got, so
-/// port 0 works).
+/// port 0 works), each asking for kernel receive timestamps (for
+/// `fleetwire_ingest_delay_seconds`).
 pub(crate) fn bind_all(
     addr: SocketAddr,
     recv_buffer: usize,
@@ -106,6 +107,14 @@ pub(crate) fn bind_all(
     let mut all = vec![first];
     for _ in 1..threads {
         all.push(bind_for("UDP ingest", actual, recv_buffer, true)?);
+    }
+    for b in &all {
+        if let Err(e) = sys::enable_receive_timestamps(&b.socket) {
+            tracing::warn!(
+                error = %e,
+                "no kernel receive timestamps: fleetwire_ingest_delay_seconds stays empty"
+            );
+        }
     }
     Ok(all)
 }
@@ -195,8 +204,9 @@ fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &Ca
                     arrayvec::ArrayVec::new();
                 for i in 0..n {
                     let (bytes, truncated, source) = rx.get(i);
+                    let received_ns = rx.received_ns(i);
                     if views
-                        .try_push(Datagram { bytes, truncated, source, identity: None })
+                        .try_push(Datagram { bytes, truncated, source, identity: None, received_ns })
                         .is_err()
                     {
                         break;
