@@ -252,6 +252,55 @@ def full_speed(results, tmp, quick):
     results["full_speed"] = out
 
 
+def histogram(metrics_text, name):
+    """Cumulative buckets [(le, count)] of an unlabelled histogram."""
+    out = []
+    for line in metrics_text.splitlines():
+        m = re.match(name + r'_bucket\{le="([^"]+)"\} (\S+)$', line)
+        if m:
+            out.append((float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2))))
+    return out
+
+
+def quantile(buckets, q):
+    """histogram_quantile as Prometheus computes it (linear within a bucket)."""
+    total = buckets[-1][1] if buckets else 0
+    if total == 0:
+        return float("nan")
+    rank, prev_le, prev_n = q * total, 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-12)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def delays(results, cap, cap_len, zero_loss_rate, trial_s):
+    """p50/p99 of fleetwire_ingest_delay_seconds at 50 % and 90 % of the
+    highest zero-loss rate, each in a fresh server."""
+    log(f"== 1c. ingest delay at 50 % and 90 % of the highest zero-loss rate ({zero_loss_rate:,.0f}/s)")
+    out = []
+    for share in [0.5, 0.9]:
+        rate = round(zero_loss_rate * share)
+        srv = Serve()
+        try:
+            r = replay(cap, srv.udp, max(1, int(trial_s * rate / cap_len)), rate)
+            received = srv.wait_idle()
+            m = srv.get("/metrics")
+            b = histogram(m, "fleetwire_ingest_delay_seconds")
+            t = {"share": share, "rate": rate, "send_rate": r["rate"], "sent": r["sent"], "received": received,
+                 "kernel_drops": srv.kernel_drops(), "count": b[-1][1] if b else 0,
+                 "accepted": srv.accepted(), "p50_s": quantile(b, 0.5), "p99_s": quantile(b, 0.99)}
+        finally:
+            srv.stop()
+        out.append(t)
+        log(f"   {share:.0%} ({rate:,}/s): p50 {t['p50_s'] * 1e6:.0f} us, p99 {t['p99_s'] * 1e6:.0f} us "
+            f"({t['count']:,.0f} counted of {t['accepted']:,} accepted, kernel drops {t['kernel_drops']})")
+    results["ingest_delay"] = out
+
+
 def machine():
     cpu = ""
     try:
@@ -268,12 +317,19 @@ def machine():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short trials (a smoke run, not for the record)")
-    ap.add_argument("--only", choices=["full-speed"], help="run one section and print its results as JSON")
+    ap.add_argument("--only", choices=["full-speed", "delays"], help="run one section and print its results as JSON")
+    ap.add_argument("--zero-loss-rate", type=float, help="with --only delays: the rate that counts as 100 %%")
     a = ap.parse_args()
-    if a.only == "full-speed":
+    if a.only:
         res, tmp = {}, tempfile.mkdtemp(prefix="fw-bench-cap-")
         try:
-            full_speed(res, tmp, a.quick)
+            if a.only == "full-speed":
+                full_speed(res, tmp, a.quick)
+            else:
+                cap = os.path.join(tmp, "capture.fwrec")
+                c = run_json(["sim", "--target", "127.0.0.1:9", "--devices", "1000", "--rate", "0", "--frames", "100",
+                              "--record", cap, "--json"])
+                delays(res, cap, c["sent"], a.zero_loss_rate or 500_000, 2 if a.quick else 6)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         print(json.dumps(res, indent=2))
@@ -348,6 +404,7 @@ def main():
         results["ratio_cpu_ladder_median"] = (med([t["cpu_per_million"] for t in ladder["serve"][:both]])
                                               / max(med([t["cpu_per_million"] for t in ladder["sink"][:both]]), 1e-9))
         log(f"   rate ratio {results['ratio_rate']:.3f}, CPU ratio {results['ratio_cpu_per_datagram']:.2f}")
+        delays(results, cap, cap_len, z["send_rate"], trial_s)
 
     full_speed(results, tmp, a.quick)
 
@@ -555,6 +612,9 @@ def render(r):
         L.append(f"| **CPU per datagram ratio serve / bare receiver, same offered rate** | **{r['ratio_cpu_per_datagram']:.2f}** at the first rate, **{r.get('ratio_cpu_ladder_median', float('nan')):.2f}** median over all paced rates (target <= 2) |")
     else:
         L.append("| serve: highest offered rate with zero loss | none of the trials |")
+    for t in r.get("ingest_delay", []):
+        L.append(f"| ingest delay (kernel receive timestamp to frame applied) at {t['share']:.0%} of the zero-loss rate ({t['rate']:,}/s) | "
+                 f"p50 {t['p50_s'] * 1e6:,.0f} us, p99 {t['p99_s'] * 1e6:,.0f} us ({t['count']:,.0f} datagrams counted of {t['accepted']:,} accepted) |")
     for k, f in r.get("full_speed", {}).items():
         L.append(f"| **CPU per datagram at full speed, serve / bare receiver, {int(k):,} devices** ({f['capture_datagrams']:,} datagrams, median of {len(f['serve'])}) | "
                  f"**{f['ratio']:.2f}** ({f['serve_cpu_per_million']:.2f} / {f['sink_cpu_per_million']:.2f} CPU-s per million; target <= {1.3 if int(k) <= 20000 else 1.5}) |")
