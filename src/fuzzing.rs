@@ -68,7 +68,13 @@ impl IngestHarness {
     /// consistent. Returns whether it was accepted.
     pub fn handle(&self, quic: bool, now_ms: u64, bytes: &[u8], source: SocketAddr) -> bool {
         let t = if quic { Transport::Quic } else { Transport::Udp };
-        let d = Datagram { bytes, truncated: false, source: Some(source), identity: None, received_ns: 0 };
+        let d = Datagram {
+            bytes,
+            truncated: false,
+            source: Some(source),
+            identity: None,
+            received_ns: 0,
+        };
         let out = self.pipeline.handle(t, now_ms, &[d]);
         assert_eq!(out.accepted + out.rejected, 1);
         if let Ok(f) = fleetwire_proto::decode(bytes) {

@@ -426,7 +426,8 @@ pub(crate) fn push_number(out: &mut String, v: f64) {
 
 /// The lines of one histogram series: cumulative buckets, sum, count.
 pub(crate) fn render_histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
-    let (bucket, sum, count) = (format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count"));
+    let (bucket, sum, count) =
+        (format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count"));
     let mut le = String::new();
     let mut cumulative = 0;
     for (i, n) in h.counts.iter().enumerate() {

@@ -808,7 +808,10 @@ fn ingest_delay_counts_exactly_the_accepted_datagrams() {
             })
             .collect();
         assert!(buckets.len() >= 16, "{h}: {buckets:?}");
-        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{h}: {buckets:?}");
+        assert!(
+            buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{h}: {buckets:?}"
+        );
         assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, count), "{h}");
         // Every accepted datagram was applied once, and every simulated
         // frame carries the device's clock.

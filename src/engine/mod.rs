@@ -221,30 +221,38 @@ impl Engine {
             for (s, a) in shard_of.iter_mut().zip(chunk) {
                 *s = self.shard_of(a.frame.device_id);
             }
-            let mut order: arrayvec::ArrayVec<usize, CHUNK> =
-                shard_of[..chunk.len()].iter().copied().collect();
-            order.sort_unstable();
-            let mut guards: arrayvec::ArrayVec<(usize, MutexGuard<'_, Shard>), CHUNK> =
+            // The batch's shards as a bit set (at most 1024 shards), locked
+            // in ascending order; a frame's guard is its shard's rank.
+            let mut mask = [0u64; 16];
+            for &s in &shard_of[..chunk.len()] {
+                mask[s >> 6] |= 1 << (s & 63);
+            }
+            let mut guards: arrayvec::ArrayVec<MutexGuard<'_, Shard>, CHUNK> =
                 arrayvec::ArrayVec::new();
-            for &s in &order {
-                if guards.last().is_none_or(|(last, _)| *last != s) {
-                    guards.push((s, self.shards[s].lock()));
+            let mut below = [0u8; 16];
+            for (w, &bits) in mask.iter().enumerate() {
+                below[w] = guards.len() as u8;
+                let mut b = bits;
+                while b != 0 {
+                    let s = w * 64 + b.trailing_zeros() as usize;
+                    guards.push(self.shards[s].lock());
+                    b &= b - 1;
                 }
             }
-            // Where each frame's shard guard is.
             let mut guard_of = [0u8; CHUNK];
-            for (g, s) in guard_of.iter_mut().zip(&shard_of[..chunk.len()]) {
-                *g = guards.partition_point(|(x, _)| x < s) as u8;
+            for (g, &s) in guard_of.iter_mut().zip(&shard_of[..chunk.len()]) {
+                let lower = mask[s >> 6] & ((1u64 << (s & 63)) - 1);
+                *g = below[s >> 6] + lower.count_ones() as u8;
             }
             for (a, &g) in chunk.iter().zip(&guard_of) {
-                guards[usize::from(g)].1.prefetch(a.frame.device_id);
+                guards[usize::from(g)].prefetch(a.frame.device_id);
             }
             let mut done = [false; CHUNK];
             for i in 0..chunk.len() {
                 if done[i] {
                     continue;
                 }
-                let shard = &mut guards[usize::from(guard_of[i])].1;
+                let shard = &mut guards[usize::from(guard_of[i])];
                 for j in i..chunk.len() {
                     if !done[j] && shard_of[j] == shard_of[i] {
                         let r = shard.apply(now_ms, &chunk[j], &self.cfg, &self.slots);
@@ -265,9 +273,15 @@ impl Engine {
     /// went online or offline since the last tick (id, now online).
     pub(crate) fn tick(&self, now_ms: u64) -> Vec<(u32, bool)> {
         let mut transitions = Vec::new();
-        for s in self.shards.iter() {
-            // A walk of the whole shard, held at the receive path's priority.
-            self.held(|| s.lock().tick(now_ms, &self.cfg, &self.slots, &mut transitions));
+        // Walks of whole shards, one lock at a time, held at the receive
+        // path's priority: 32 shards per section, so that handing sections
+        // to the holder costs little beside the walks.
+        for group in self.shards.chunks(32) {
+            self.held(|| {
+                for s in group {
+                    s.lock().tick(now_ms, &self.cfg, &self.slots, &mut transitions);
+                }
+            });
         }
         transitions
     }

@@ -94,6 +94,12 @@ pub(crate) fn enable_receive_timestamps(socket: &UdpSocket) -> io::Result<()> {
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+/// Datagrams of a batch that get a receive timestamp: the first and every
+/// STAMP_EVERY-th after it (copying a control message out for every
+/// datagram costs about 0.09 CPU-µs each at full speed, on a receive path
+/// of about 1 µs).
+pub(crate) const STAMP_EVERY: usize = 8;
+
 /// Control-message space per datagram: room for one `SCM_TIMESTAMPNS`
 /// (a cmsghdr and a timespec, 32 bytes on 64-bit Linux) and then some.
 const CONTROL: usize = 64;
@@ -147,9 +153,11 @@ impl Batch {
     /// socket's read timeout) for the first one; never waits for more
     /// (MSG_WAITFORONE).
     pub(crate) fn recv(&mut self, socket: &UdpSocket, block: bool) -> io::Result<usize> {
-        for h in &mut self.hdrs {
+        for (i, h) in self.hdrs.iter_mut().enumerate() {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            h.msg_hdr.msg_controllen = CONTROL as _;
+            // Room for a timestamp in every STAMP_EVERY-th datagram only:
+            // the kernel skips the control message where there is none.
+            h.msg_hdr.msg_controllen = if i % STAMP_EVERY == 0 { CONTROL as _ } else { 0 };
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
@@ -182,7 +190,8 @@ impl Batch {
 
     /// When the kernel received datagram `i` of the last call (Unix
     /// nanoseconds, `CLOCK_REALTIME`), if the socket asked for receive
-    /// timestamps ([`enable_receive_timestamps`]); 0 otherwise.
+    /// timestamps ([`enable_receive_timestamps`]) and `i` is a multiple of
+    /// [`STAMP_EVERY`]; 0 otherwise.
     pub(crate) fn received_ns(&self, i: usize) -> u64 {
         let Some(h) = self.hdrs.get(i) else { return 0 };
         let m = &h.msg_hdr;

@@ -202,11 +202,18 @@ fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &Ca
                 let now = now_ms();
                 let mut views: arrayvec::ArrayVec<Datagram<'_>, { sys::MAX_BATCH }> =
                     arrayvec::ArrayVec::new();
+                let stamps = Stamps::of(&rx, n);
                 for i in 0..n {
                     let (bytes, truncated, source) = rx.get(i);
-                    let received_ns = rx.received_ns(i);
+                    let received_ns = stamps.at(i);
                     if views
-                        .try_push(Datagram { bytes, truncated, source, identity: None, received_ns })
+                        .try_push(Datagram {
+                            bytes,
+                            truncated,
+                            source,
+                            identity: None,
+                            received_ns,
+                        })
                         .is_err()
                     {
                         break;
@@ -230,6 +237,41 @@ fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &Ca
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+    }
+}
+
+/// The kernel's receive times of a batch: it stamps every
+/// [`sys::STAMP_EVERY`]-th datagram; the socket queue is first in, first
+/// out, so a datagram between two stamped ones arrived between their
+/// times (interpolated), and one after the last stamped arrived after it
+/// (given the last stamp: its delay is over-stated by at most the gap).
+struct Stamps {
+    /// (index, Unix ns) of the stamped datagrams, ascending.
+    known: arrayvec::ArrayVec<(usize, u64), { sys::MAX_BATCH / sys::STAMP_EVERY + 1 }>,
+}
+
+impl Stamps {
+    fn of(rx: &sys::Batch, n: usize) -> Stamps {
+        let mut known = arrayvec::ArrayVec::new();
+        for i in (0..n).step_by(sys::STAMP_EVERY) {
+            let ns = rx.received_ns(i);
+            if ns != 0 && known.try_push((i, ns)).is_err() {
+                break;
+            }
+        }
+        Stamps { known }
+    }
+
+    /// Datagram `i`'s receive time, 0 when unknown (no timestamps).
+    fn at(&self, i: usize) -> u64 {
+        let k = self.known.partition_point(|&(j, _)| j <= i);
+        match (k.checked_sub(1).and_then(|k| self.known.get(k)), self.known.get(k)) {
+            (Some(&(a, ta)), Some(&(b, tb))) if b > a && tb >= ta => {
+                ta + (tb - ta) * (i - a) as u64 / (b - a) as u64
+            }
+            (Some(&(_, ta)), _) => ta,
+            _ => 0,
         }
     }
 }
@@ -259,4 +301,24 @@ pub(crate) fn inode(socket: &UdpSocket) -> Option<u64> {
     std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
         .ok()
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unstamped_datagrams_are_placed_between_their_stamped_neighbours() {
+        let mut known = arrayvec::ArrayVec::new();
+        known.push((0, 1_000));
+        known.push((8, 1_800));
+        let s = Stamps { known };
+        assert_eq!(s.at(0), 1_000);
+        assert_eq!(s.at(4), 1_400);
+        assert_eq!(s.at(8), 1_800);
+        // After the last stamp: its time (the delay over-stated, never under).
+        assert_eq!(s.at(11), 1_800);
+        // No timestamps at all: unknown.
+        assert_eq!(Stamps { known: arrayvec::ArrayVec::new() }.at(3), 0);
+    }
 }
