@@ -235,7 +235,9 @@ impl Engine {
                 let mut b = bits;
                 while b != 0 {
                     let s = w * 64 + b.trailing_zeros() as usize;
-                    guards.push(self.shards[s].lock());
+                    let g = self.shards[s].lock();
+                    g.prefetch_own();
+                    guards.push(g);
                     b &= b - 1;
                 }
             }

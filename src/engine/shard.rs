@@ -164,6 +164,14 @@ impl Shard {
         })
     }
 
+    /// Starts loading the shard's own counters and log, which every frame
+    /// applied to it touches (a batch meets most shards once, so they are
+    /// rarely in cache).
+    pub(crate) fn prefetch_own(&self) {
+        super::prefetch::prefetch(&self.totals);
+        super::prefetch::prefetch(&self.log);
+    }
+
     /// Starts loading what applying a frame of `id` will touch (its state
     /// and its place in the eviction list), without waiting for it.
     pub(crate) fn prefetch(&self, id: u32) {
