@@ -268,7 +268,7 @@ impl Stamps {
         let k = self.known.partition_point(|&(j, _)| j <= i);
         match (k.checked_sub(1).and_then(|k| self.known.get(k)), self.known.get(k)) {
             (Some(&(a, ta)), Some(&(b, tb))) if b > a && tb >= ta => {
-                ta + (tb - ta) * (i - a) as u64 / (b - a) as u64
+                ta + (tb - ta).saturating_mul((i - a) as u64) / (b - a) as u64
             }
             (Some(&(_, ta)), _) => ta,
             _ => 0,
