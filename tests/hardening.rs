@@ -951,6 +951,48 @@ fn a_far_future_timestamp_does_not_poison_a_device() {
     assert!((d["track"]["odometer_m"].as_f64().unwrap() - 150.0).abs() < 5.0, "{d}");
 }
 
+/// Issue 17 item 8, at start: a server that checks signatures and finds its
+/// keys file empty (truncated, a failed copy) would refuse every signed
+/// device; it refuses to start instead (exit 2, naming the file and how to
+/// start without keys on purpose). A file that says so on a comment line
+/// starts without keys.
+#[test]
+fn an_empty_keys_file_at_start_stops_serve_unless_it_says_so() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "\n").unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .args(["--udp-listen", "127.0.0.1:0", "--quic-listen", "off", "--http-listen"])
+        .args(["127.0.0.1:0", "--teltonika-listen", "off", "--osmand-listen", "off"])
+        .args(["--udp-auth", "required", "--keys-file", keys.to_str().unwrap()])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, 10);
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(err.contains(keys.to_str().unwrap()) && err.contains("is empty"), "{err}");
+    assert!(err.contains("# empty"), "says how to start without keys: {err}");
+    // On purpose: it starts, and a signed frame is refused for want of a key.
+    std::fs::write(&keys, "# empty\n").unwrap();
+    let s = Server::start(&["--udp-auth", "required", "--keys-file", keys.to_str().unwrap()]);
+    assert_eq!(s.metric("fleetwire_device_keys", &[]), 0.0);
+    let key = hex::decode(KEY42).unwrap();
+    udp_sender().send_to(&signed(&position(42, 1), &key), s.udp).unwrap();
+    s.wait_until(5, "the signed frame refused", |s| {
+        s.metric("fleetwire_datagrams_rejected_total", &[("reason", "unknown_key")]) == 1.0
+    });
+}
+
 /// Issue 17 item 8: a keys file emptied by accident (truncated, a failed
 /// copy) and reloaded with SIGHUP must not leave every signed device
 /// refused: the reload fails and the keys stay. A file that says so on a

@@ -69,6 +69,16 @@ pub enum KeysError {
         /// The file.
         path: PathBuf,
     },
+    /// At start, the keys file of a server that checks signatures has
+    /// neither a key nor a comment: every signed device would be refused.
+    #[error(
+        "keys file {path} is empty: every signed device would be refused (to start \
+         without keys on purpose, write a comment line such as \"# empty\" to it)"
+    )]
+    EmptyAtStart {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// A keys file's contents.
@@ -84,6 +94,7 @@ pub(crate) struct KeysFile {
 /// Reads a keys file: one `<device id> <hex key>` per line; blank lines and
 /// lines starting with `#` are ignored. Keys are [`MIN_KEY`] to [`MAX_KEY`]
 /// bytes, a device id appears once, the file is at most [`MAX_FILE`] bytes.
+#[cfg(test)]
 pub(crate) fn load_keys(path: &Path) -> Result<Keys, KeysError> {
     read_keys_file(path).map(|f| f.keys)
 }

@@ -9,7 +9,7 @@ use fleetwire_proto::{DecodeError, Frame};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::keys::{Keys, KeysError, load_keys, read_keys_file};
+use super::keys::{Keys, KeysError, read_keys_file};
 use super::limiter::Limiter;
 use super::reason::{Reason, Transport};
 use super::replay::ReplayWindows;
@@ -115,10 +115,20 @@ impl Policy {
         }
     }
 
-    /// The policies `cfg` asks for, loading the keys file.
+    /// The policies `cfg` asks for, loading the keys file. A keys file
+    /// with neither a key nor a comment line is refused when signatures are
+    /// checked ([`KeysError::EmptyAtStart`]: a truncated file would refuse
+    /// every signed device); one with a comment line only starts without
+    /// keys.
     pub(crate) fn load(cfg: &PolicyConfig, registry: &Registry) -> Result<Self, KeysError> {
         let keys = match &cfg.keys_file {
-            Some(p) => load_keys(p)?,
+            Some(p) => {
+                let f = read_keys_file(p)?;
+                if f.keys.is_empty() && !f.commented && cfg.udp_auth != UdpAuth::Off {
+                    return Err(KeysError::EmptyAtStart { path: p.clone() });
+                }
+                f.keys
+            }
             None => Keys::new(),
         };
         Ok(Policy::new(cfg, keys, Some(registry)))
@@ -281,6 +291,34 @@ mod tests {
         // A file that says so on a comment line removes every key.
         std::fs::write(&p, "# empty\n").unwrap();
         assert_eq!(policy.reload_keys().unwrap(), 0);
+        assert!(!policy.has_key(42));
+    }
+
+    #[test]
+    fn an_empty_keys_file_at_start_is_refused_unless_it_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys");
+        let cfg = |auth| PolicyConfig {
+            udp_auth: auth,
+            keys_file: Some(p.clone()),
+            rate_source: 0.0,
+            rate_device: 0.0,
+            burst: 1.0,
+            max_sources: 1,
+            max_devices: 1,
+        };
+        for empty in ["", "\n", "  \n\n"] {
+            std::fs::write(&p, empty).unwrap();
+            for auth in [UdpAuth::Required, UdpAuth::Optional] {
+                let Err(e) = Policy::load(&cfg(auth), &Registry::default()) else {
+                    panic!("an empty keys file was taken at start")
+                };
+                assert!(matches!(e, KeysError::EmptyAtStart { .. }), "{e}");
+                assert!(e.to_string().contains("# empty"), "{e}");
+            }
+        }
+        std::fs::write(&p, "# no devices sign yet\n").unwrap();
+        let policy = Policy::load(&cfg(UdpAuth::Required), &Registry::default()).unwrap();
         assert!(!policy.has_key(42));
     }
 }
