@@ -295,12 +295,27 @@ fn tls_config(cfg: &QuicConfig) -> Result<rustls::ServerConfig, StartError> {
     Ok(server)
 }
 
-/// The quinn server configuration: TLS plus the transport limits that bound
-/// what one client can make the server hold.
-fn server_config(cfg: &QuicConfig) -> Result<quinn::ServerConfig, StartError> {
+/// The key that seals the endpoint's address-validation tokens (Retry and
+/// NEW_TOKEN), derived from `secret` like the reset and connection-id keys:
+/// quinn's default is random per start, so a token issued before a restart
+/// no longer validated the client's address after it.
+fn token_key(secret: &[u8; certs::QUIC_SECRET_LEN]) -> ring::hkdf::Prk {
+    use ring::{hkdf, hmac};
+    let master = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let ikm = hmac::sign(&master, b"fleetwire/1 QUIC token key");
+    hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(ikm.as_ref())
+}
+
+/// The quinn server configuration: TLS, the token key derived from
+/// `secret`, and the transport limits that bound what one client can make
+/// the server hold.
+fn server_config(
+    cfg: &QuicConfig,
+    secret: &[u8; certs::QUIC_SECRET_LEN],
+) -> Result<quinn::ServerConfig, StartError> {
     let crypto =
         QuicServerConfig::try_from(tls_config(cfg)?).map_err(|e| StartError::Tls(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut server = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key(secret)));
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(cfg.idle_timeout.try_into().map_err(|_| StartError::IdleTimeout)?))
@@ -353,8 +368,8 @@ impl QuicEndpoint {
         pipeline: &Arc<Pipeline>,
         registry: &Registry,
     ) -> Result<QuicEndpoint, StartError> {
-        let server = server_config(cfg)?;
         let secret = certs::quic_secret(&cfg.data_dir).map_err(StartError::Secret)?;
+        let server = server_config(cfg, &secret)?;
         let metrics = QuicMetrics::register(registry, inode(&socket.socket));
         let endpoint = quinn::Endpoint::new(
             endpoint_config(&secret),
@@ -625,5 +640,25 @@ mod tests {
             HandshakeFailure::of(&quinn::ConnectionError::TimedOut),
             HandshakeFailure::Timeout
         );
+    }
+
+    #[test]
+    fn tokens_sealed_before_a_restart_open_after_it() {
+        use quinn::crypto::HandshakeTokenKey;
+        let (secret, other) = ([7u8; certs::QUIC_SECRET_LEN], [8u8; certs::QUIC_SECRET_LEN]);
+        // A token as quinn seals it: an AEAD key from the token key and the
+        // token's random bytes.
+        let random = [42u8; 32];
+        let mut token = b"address 127.0.0.1:4481, issued at t".to_vec();
+        let plain = token.clone();
+        token_key(&secret).aead_from_hkdf(&random).seal(&mut token, b"").unwrap();
+        assert_ne!(token, plain);
+        // The next start derives the same key from the same quic.secret...
+        let mut again = token.clone();
+        let opened = token_key(&secret).aead_from_hkdf(&random).open(&mut again, b"").unwrap();
+        assert_eq!(opened, plain.as_slice());
+        // ...and another secret (another server) cannot open it.
+        let mut forged = token.clone();
+        assert!(token_key(&other).aead_from_hkdf(&random).open(&mut forged, b"").is_err());
     }
 }
