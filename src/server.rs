@@ -825,7 +825,7 @@ fn start_teltonika(
 fn start_osmand(
     cfg: &Config,
     listener: Option<std::net::TcpListener>,
-    (pipeline, devices, _, stop): Foreign<'_>,
+    (pipeline, devices, r, stop): Foreign<'_>,
     listening: &mut Vec<(&'static str, String)>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
     let Some(l) = listener else { return Ok(None) };
@@ -836,7 +836,7 @@ fn start_osmand(
         tracing::info!(transport = "osmand", addr = %a, "listening (OsmAnd / Traccar Client HTTP)");
         listening.push(("osmand", a.to_string()));
     }
-    Ok(Some(osmand::spawn(l, &cfg.osmand(), pipeline, devices, stop.clone())))
+    Ok(Some(osmand::spawn(l, &cfg.osmand(), pipeline, devices, r, stop.clone())))
 }
 
 /// Phase 5: HTTP.

@@ -235,3 +235,45 @@ fn ten_thousand_random_bodies_are_refused_and_counted() {
     assert_eq!(metric_sum(&m, "fleetwire_datagrams_received_total", &o), 10_000.0);
     assert_eq!(s.json("/healthz")["status"], "ok");
 }
+
+/// The phones' listener has the API's limits (issue 17 item 3): a client
+/// that sends its request head a byte at a time is closed after the header
+/// timeout (10 s) instead of holding its connection (and a descriptor) for
+/// good, and the listener's connections are counted.
+#[test]
+fn a_slow_phone_connection_is_closed_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let s = Server::in_process(&[]);
+    let addr = s.osmand.unwrap();
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /?id=1&lat=1&lon=1 HTTP/1.1\r\nX-Slow: ").unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    s.wait_until(5, "the slow connection counted", |s| {
+        s.metric("fleetwire_http_connections", &[("listener", "osmand")]) == 1.0
+    });
+    let start = std::time::Instant::now();
+    let closed = loop {
+        let _ = slow.write_all(b"a");
+        let mut b = [0u8; 512];
+        match slow.read(&mut b) {
+            // The end, or an error answer and the end: closed by the server.
+            Ok(_) => break true,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break true,
+        }
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            break false;
+        }
+    };
+    assert!(closed, "the slow connection was still open after 20 s");
+    assert!(start.elapsed() >= std::time::Duration::from_secs(5), "closed too early");
+    s.wait_until(5, "the connection gone from the count", |s| {
+        s.metric("fleetwire_http_connections", &[("listener", "osmand")]) == 0.0
+    });
+    // A phone that sends its report at once is still served.
+    assert_eq!(get(&s, &format!("/?id=77&timestamp={}&lat=60&lon=30", now_ms() / 1000)).0, 200);
+}

@@ -21,8 +21,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
+use crate::export::serve::{self, HttpMetrics};
 use crate::ingest::{DeviceRegistry, Pipeline, Reason, Transport};
 use crate::protocols::osmand::{self, OsmandReport, SpeedUnit};
+use crate::telemetry::Registry;
 
 /// The OsmAnd transport's slice of the configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,30 +44,28 @@ struct OsmandState {
 /// Largest request body taken (the decoder's limit too).
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// Serves the OsmAnd protocol on `listener` until `stop` is cancelled.
+/// Serves the OsmAnd protocol on `listener` until `stop` is cancelled,
+/// with the limits of the API's listener (`export::serve`: a header-read
+/// and idle timeout, a write timeout, a cap on open connections: half the
+/// descriptors beyond the reserve, the API has the other half), counted as
+/// `listener="osmand"`.
 pub(crate) fn spawn(
     listener: tokio::net::TcpListener,
     cfg: &OsmandConfig,
     pipeline: &Arc<Pipeline>,
-    registry: &Arc<DeviceRegistry>,
+    devices: &Arc<DeviceRegistry>,
+    telemetry: &Registry,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let state = Arc::new(OsmandState {
         cfg: cfg.clone(),
         pipeline: pipeline.clone(),
-        registry: registry.clone(),
+        registry: devices.clone(),
     });
-    let app = Router::new()
-        .fallback(report)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let r = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "OsmAnd HTTP server failed");
-        }
-    })
+    let app =
+        Router::new().fallback(report).layer(DefaultBodyLimit::max(BODY_LIMIT)).with_state(state);
+    let metrics = HttpMetrics::register(telemetry, "osmand");
+    serve::spawn(listener, app, serve::max_connections(2), metrics, stop)
 }
 
 /// Compares two byte strings in time that depends on their lengths only.
