@@ -119,23 +119,28 @@ impl FilterReason {
 /// Upper bounds of the fleet's transit delay histogram, seconds: arrival
 /// minus the device's timestamp. A device clock ahead of the server's
 /// gives a negative delay, counted in the first bucket (`le="0"`).
-pub(crate) const TRANSIT_BOUNDS: &[f64] = &[
+pub(crate) const TRANSIT_BOUNDS: &[f64; 16] = &[
     0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
     86_400.0,
 ];
 
-/// [`TRANSIT_BOUNDS`] in milliseconds.
-const TRANSIT_LIMITS_MS: [i64; 16] = [
-    0, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 900_000,
-    3_600_000, 86_400_000,
-];
+/// [`TRANSIT_BOUNDS`] in milliseconds (what frames are counted by).
+const TRANSIT_LIMITS_MS: [i64; TRANSIT_BOUNDS.len()] = {
+    let mut ms = [0i64; TRANSIT_BOUNDS.len()];
+    let mut i = 0;
+    while i < ms.len() {
+        ms[i] = (TRANSIT_BOUNDS[i] * 1000.0) as i64;
+        i += 1;
+    }
+    ms
+};
 
 /// Frames with a device timestamp by transit delay (arrival minus device
 /// time): the store-and-forward and clock-skew signal of the fleet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TransitCounts {
     /// Per bucket of [`TRANSIT_BOUNDS`] (not cumulative), the last +Inf.
-    pub counts: [u64; 17],
+    pub counts: [u64; TRANSIT_BOUNDS.len() + 1],
     /// Sum of the delays, milliseconds.
     pub sum_ms: i64,
 }
@@ -242,5 +247,32 @@ impl ShardTotals {
         self.future.add(&o.future);
         self.clock_resets.add(&o.clock_resets);
         self.transit.add(&o.transit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transit_buckets_count_in_milliseconds_of_their_bounds() {
+        assert_eq!(
+            TRANSIT_LIMITS_MS,
+            [
+                0, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000,
+                900_000, 3_600_000, 86_400_000
+            ]
+        );
+        let mut t = TransitCounts::default();
+        for ms in [-5, 0, 10, 11, 86_400_000, 86_400_001] {
+            t.count(ms);
+        }
+        // A clock ahead and 0 in le="0"; on a bound in its bucket; beyond
+        // the last in +Inf.
+        assert_eq!(
+            (t.counts[0], t.counts[1], t.counts[2], t.counts[15], t.counts[16]),
+            (2, 1, 1, 1, 1)
+        );
+        assert_eq!(t.sum_ms, -5 + 10 + 11 + 86_400_000 + 86_400_001);
     }
 }

@@ -37,22 +37,27 @@ fn sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
 /// Most datagrams per call.
 pub(crate) const MAX_BATCH: usize = 1024;
 
-/// SO_RCVBUFFORCE: a receive buffer beyond net.core.rmem_max, allowed
-/// with CAP_NET_ADMIN.
-pub(crate) fn set_rcvbuf_force(socket: &socket2::Socket, bytes: usize) -> io::Result<()> {
-    let v: libc::c_int = bytes.min(i32::MAX as usize / 2) as libc::c_int;
-    // SAFETY: a valid socket descriptor and a pointer to a c_int of the
-    // size passed.
+/// Sets an integer socket option at `SOL_SOCKET` level.
+fn set_socket_int(fd: std::os::fd::RawFd, option: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: a socket descriptor the caller owns, and a pointer to a
+    // c_int of the size passed.
     let r = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
+            option,
             (&v as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// SO_RCVBUFFORCE: a receive buffer beyond net.core.rmem_max, allowed
+/// with CAP_NET_ADMIN.
+pub(crate) fn set_rcvbuf_force(socket: &socket2::Socket, bytes: usize) -> io::Result<()> {
+    let v = bytes.min(i32::MAX as usize / 2) as libc::c_int;
+    set_socket_int(socket.as_raw_fd(), libc::SO_RCVBUFFORCE, v)
 }
 
 /// Sends up to 64 datagrams on a connected socket; returns how many went.
@@ -79,19 +84,7 @@ pub(crate) fn sendmmsg(socket: &UdpSocket, datagrams: &[Vec<u8>]) -> io::Result<
 /// time it arrived (`SO_TIMESTAMPNS`, `CLOCK_REALTIME` nanoseconds), which
 /// [`Batch::received_ns`] reads from the control messages.
 pub(crate) fn enable_receive_timestamps(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket descriptor and a pointer to a c_int of the
-    // size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    set_socket_int(socket.as_raw_fd(), libc::SO_TIMESTAMPNS, 1)
 }
 
 /// Datagrams of a batch that get a receive timestamp: the first and every
