@@ -677,7 +677,7 @@ fn sigterm_during_a_periodic_snapshot_keeps_every_device() {
 /// non-zero (it exited 0, as if the state were safe). The data dir is
 /// replaced by a regular file of the same name, which stops root too
 /// (the tests run as root, whom permission bits do not stop, and the
-/// store recreates a removed data dir).
+/// store and the journal recreate a removed data dir).
 #[test]
 fn a_failed_final_snapshot_exits_non_zero_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
@@ -686,7 +686,14 @@ fn a_failed_final_snapshot_exits_non_zero_and_says_so() {
     udp_sender().send_to(&bytes(&position(5, 0)), s.udp).unwrap();
     s.wait_received("udp", 1);
     std::fs::rename(&dir, tmp.path().join("data.moved")).unwrap();
-    std::fs::write(&dir, b"not a directory").unwrap();
+    // The journal recreates a missing data dir every interval, so it may
+    // win the race between the rename and the write: remove what it made.
+    let mut tries = 0;
+    while let Err(e) = std::fs::write(&dir, b"not a directory") {
+        tries += 1;
+        assert!(e.kind() == std::io::ErrorKind::IsADirectory && tries < 100, "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let log = std::sync::Arc::clone(&s.log);
     let (st, _) = s.terminate();
     let log = log.lock().unwrap().join("\n");
