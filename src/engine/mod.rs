@@ -143,7 +143,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Devices a paged reader visits under one lock ([`Engine::visit_paged`]).
+/// Devices a paged reader visits under one lock ([`Engine::visit_after`]).
 pub(crate) const VISIT_PAGE: usize = 1024;
 
 impl Engine {
@@ -387,32 +387,6 @@ impl Engine {
     ) -> Option<u32> {
         let shard = self.shards.get(s)?.lock();
         shard.visit_after(after, budget, f)
-    }
-
-    /// Calls `f` for every device, shard by shard in id order, holding a
-    /// shard's lock for [`VISIT_PAGE`] devices at a time, until `f` returns
-    /// false: a reader at a low priority never keeps a lock the receive
-    /// path needs for long. Each device is visited once (ids only grow
-    /// within a shard's walk); one inserted meanwhile may be missed.
-    pub(crate) fn visit_paged(&self, f: &mut dyn FnMut(&Device) -> bool) {
-        let mut go = true;
-        for s in 0..self.shards.len() {
-            let mut after = None;
-            while go {
-                let last = self.visit_after(s, after, VISIT_PAGE, &mut |d| {
-                    if go {
-                        go = f(d);
-                    }
-                });
-                match last {
-                    Some(id) => after = Some(id),
-                    None => break,
-                }
-            }
-            if !go {
-                return;
-            }
-        }
     }
 
     /// Calls `f` for every device holding an export slot (at most

@@ -694,10 +694,14 @@ fn readers_hold_locks_through_the_holder_and_get_the_same_answers() {
     }
     let ids = |e: &Engine| {
         let mut v = Vec::new();
-        e.visit_paged(&mut |d| {
-            v.push((d.id, d.health.battery_pct));
-            true
-        });
+        for s in 0..e.shard_count() {
+            let mut after = None;
+            while let Some(last) = e.visit_after(s, after, super::VISIT_PAGE, &mut |d| {
+                v.push((d.id, d.health.battery_pct));
+            }) {
+                after = Some(last);
+            }
+        }
         v
     };
     let want = ids(&plain);

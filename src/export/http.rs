@@ -405,9 +405,21 @@ async fn devices(
             Some(false) => sum.devices.saturating_sub(sum.totals.online),
         };
         let next_after = (ids.len() == limit).then(|| ids.last().copied()).flatten();
-        let page: Vec<Value> = page.iter().map(Brief::json).collect();
-        let v = json!({"total": total, "offset": offset, "limit": limit, "next_after": next_after, "devices": page});
-        serde_json::to_vec(&v).unwrap_or_default()
+        // Written entry by entry: a value tree of the whole page takes about
+        // ten times the bytes of its text.
+        let head =
+            json!({"total": total, "offset": offset, "limit": limit, "next_after": next_after});
+        let mut out = serde_json::to_vec(&head).unwrap_or_default();
+        out.pop(); // the closing brace
+        out.extend_from_slice(b",\"devices\":[");
+        for (i, b) in page.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut out, &b.json());
+        }
+        out.extend_from_slice(b"]}");
+        out
     })
     .await;
     match r {
@@ -488,51 +500,141 @@ async fn device(State(st): State<Arc<HttpState>>, Path(id): Path<u32>) -> Respon
     }
 }
 
+/// Features per piece of a streamed `/api/positions.geojson`: a response's
+/// memory is one piece (about 250 bytes a feature), not the collection.
+const GEOJSON_PIECE: usize = 2_048;
+
+/// Where a streamed GeoJSON collection stands.
+struct GeoCursor {
+    /// The shard being walked, and the last id looked at in it.
+    shard: usize,
+    after: Option<u32>,
+    /// Features written so far, and most to write.
+    written: usize,
+    limit: usize,
+    online: Option<bool>,
+    /// The closing bracket has been written.
+    done: bool,
+}
+
+impl GeoCursor {
+    /// The next piece of the collection: up to [`GEOJSON_PIECE`] features
+    /// copied at the receive path's priority (Engine::held, a shard's lock
+    /// for [`crate::engine::VISIT_PAGE`] devices at a time), written as text
+    /// on this thread. The first piece opens the collection, the last
+    /// closes it.
+    fn next_piece(&mut self, engine: &Engine) -> Vec<u8> {
+        let want = GEOJSON_PIECE.min(self.limit - self.written);
+        let now = now_ms();
+        let off = engine.config();
+        let mut rows: Vec<Brief> = Vec::with_capacity(want);
+        let shards = engine.shard_count();
+        engine.held(|| {
+            while rows.len() < want && self.shard < shards {
+                let mut looked = self.after;
+                let last = engine.visit_after(
+                    self.shard,
+                    self.after,
+                    crate::engine::VISIT_PAGE,
+                    &mut |d| {
+                        if rows.len() >= want {
+                            return;
+                        }
+                        looked = Some(d.id);
+                        if d.fix.is_some() && self.online.is_none_or(|o| d.online(now, off) == o) {
+                            rows.push(Brief::of(d, now, off));
+                        }
+                    },
+                );
+                self.after = looked;
+                if last.is_none() && rows.len() < want {
+                    // The shard is done (every device in it looked at).
+                    self.shard += 1;
+                    self.after = None;
+                }
+            }
+        });
+        let mut out = Vec::with_capacity(rows.len() * 256 + 64);
+        if self.written == 0 {
+            out.extend_from_slice(b"{\"type\":\"FeatureCollection\",\"features\":[");
+        }
+        for f in rows.iter().filter_map(Brief::feature) {
+            if self.written > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut out, &f);
+            self.written += 1;
+        }
+        if self.written >= self.limit || self.shard >= shards {
+            out.extend_from_slice(b"]}");
+            self.done = true;
+        }
+        out
+    }
+}
+
+/// The collection of last positions, streamed: each piece of
+/// [`GEOJSON_PIECE`] features is copied and written on a render thread
+/// when the client has taken the previous one, so a slow client holds one
+/// piece, not up to [`MAX_FEATURES`] of them. The request's turn is held
+/// until the last piece is sent (or the connection closed).
 async fn geojson(
     State(st): State<Arc<HttpState>>,
     Extension(heavy): Extension<Arc<Heavy>>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let r = held(&heavy, move || {
-        let limit = q.limit.unwrap_or(10_000).min(MAX_FEATURES);
-        let now = now_ms();
-        let off = st.engine.config();
-        let mut rows: Vec<Brief> = Vec::new();
-        // Paged, and copied at the receive path's priority (Engine::held):
-        // this thread runs at a low one, and must not sit on a lock the
-        // receive path waits for.
-        st.engine.held(|| {
-            st.engine.visit_paged(&mut |d| {
-                if rows.len() >= limit {
-                    return false;
-                }
-                if d.fix.is_some() && q.online.is_none_or(|o| d.online(now, off) == o) {
-                    rows.push(Brief::of(d, now, off));
-                }
-                rows.len() < limit
-            })
-        });
-        // Written as text feature by feature: a JSON value tree of 100,000
-        // features takes about ten times the bytes of the text.
-        let mut out = Vec::with_capacity(rows.len() * 256 + 64);
-        out.extend_from_slice(b"{\"type\":\"FeatureCollection\",\"features\":[");
-        for (i, f) in rows.iter().filter_map(Brief::feature).enumerate() {
-            if i > 0 {
-                out.push(b',');
+    let cursor = Arc::new(parking_lot::Mutex::new(GeoCursor {
+        shard: 0,
+        after: None,
+        written: 0,
+        limit: q.limit.unwrap_or(10_000).min(MAX_FEATURES),
+        online: q.online,
+        done: false,
+    }));
+    // The first piece is made before answering, so a busy server still
+    // answers 503 rather than a broken 200.
+    let (engine, c) = (st.engine.clone(), cursor.clone());
+    let (first, turn) = match held(&heavy, move || c.lock().next_piece(&engine)).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    type Step = (Arc<parking_lot::Mutex<GeoCursor>>, Arc<HttpState>, Arc<Heavy>);
+    let rest = futures_util::stream::unfold(
+        ((cursor, st, heavy), turn),
+        |((cursor, st, heavy), turn): (Step, tokio::sync::OwnedSemaphorePermit)| async move {
+            if cursor.lock().done {
+                // The turn is released with the last piece.
+                drop(turn);
+                return None;
             }
-            let _ = serde_json::to_writer(&mut out, &f);
-        }
-        out.extend_from_slice(b"]}");
-        out
-    })
-    .await;
-    match r {
-        Ok((body, turn)) => {
-            ([(header::CONTENT_TYPE, "application/geo+json")], held_body(body, turn))
-                .into_response()
-        }
-        Err(r) => r,
-    }
+            loop {
+                let (engine, c) = (st.engine.clone(), cursor.clone());
+                match heavy.pool.run(move || c.lock().next_piece(&engine)).await {
+                    Ok(piece) => {
+                        let piece = Ok::<_, std::io::Error>(axum::body::Bytes::from(piece));
+                        return Some((piece, ((cursor, st, heavy), turn)));
+                    }
+                    // A thread is free for each turn's holder (the pool has
+                    // one per turn and one for /metrics): busy is a
+                    // moment's overlap with a job finishing.
+                    Err(super::pool::PoolError::Busy) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    Err(super::pool::PoolError::Gone) => {
+                        // The body ends broken, and the stream with it.
+                        cursor.lock().done = true;
+                        let e = Err(std::io::Error::other("the render thread is gone"));
+                        return Some((e, ((cursor, st, heavy), turn)));
+                    }
+                }
+            }
+        },
+    );
+    let first = futures_util::stream::once(async move {
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(first))
+    });
+    let body = axum::body::Body::from_stream(futures_util::StreamExt::chain(first, rest));
+    ([(header::CONTENT_TYPE, "application/geo+json")], body).into_response()
 }
 
 #[cfg(test)]
@@ -611,6 +713,60 @@ mod tests {
         let before = a.load(std::sync::atomic::Ordering::Relaxed);
         let t = f();
         (t, a.load(std::sync::atomic::Ordering::Relaxed) - before)
+    }
+
+    /// The collection is streamed in pieces of [`GEOJSON_PIECE`] features
+    /// across shards: every tracked device with a fix appears exactly once,
+    /// a limit is met exactly, and the whole is one valid document.
+    #[test]
+    fn a_streamed_collection_has_every_feature_once() {
+        let st = state();
+        let now = now_ms();
+        // 7,000 devices with a fix in all: more than three pieces.
+        for id in 10_001..=15_000u32 {
+            let p = Position {
+                lat_e7: 480_000_000 + id as i32,
+                lon_e7: 110_000_000,
+                alt_dm: 0,
+                speed_cm_s: 0,
+                heading_ddeg: 0,
+                hacc_cm: 100,
+                fix: FixType::Fix3d,
+                satellites: 8,
+            };
+            st.engine.ingest(now, &[Accepted::new(Frame::new(id, 0, now, Body::Position(p)), 40)]);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let h = Arc::new(Heavy::new(&Registry::new()));
+        let ids = |limit: usize| {
+            let q = ListQuery { limit: Some(limit), offset: None, after: None, online: None };
+            let r = rt.block_on(geojson(State(st.clone()), Extension(h.clone()), Query(q)));
+            assert_eq!(r.status(), StatusCode::OK);
+            let body = rt.block_on(axum::body::to_bytes(r.into_body(), usize::MAX)).unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["type"], "FeatureCollection");
+            let mut ids: Vec<u64> = v["features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["id"].as_u64().unwrap())
+                .collect();
+            let n = ids.len();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), n, "a feature appears twice");
+            ids
+        };
+        let all = ids(100_000);
+        let want: Vec<u64> = (1..=u64::from(DEVICES)).chain(10_001..=15_000).collect();
+        assert_eq!(all, want);
+        for limit in [1, GEOJSON_PIECE - 1, GEOJSON_PIECE, GEOJSON_PIECE + 1, 4_097, 6_999, 7_000] {
+            let got = ids(limit);
+            assert_eq!(got.len(), limit);
+            assert!(got.iter().all(|id| all.binary_search(id).is_ok()));
+        }
+        // The turns were all given back.
+        assert_eq!(h.turns.available_permits(), HEAVY_AT_ONCE);
     }
 
     /// Readers copy under the shard lock and build their answer after: the
