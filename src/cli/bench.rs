@@ -42,6 +42,21 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 600.0)]
         max_seconds: f64,
     },
+    /// The receive path's own CPU per datagram, without sockets: a
+    /// recording (`sim --record`) fed through decode, policy and engine in
+    /// batches as `serve` receives them, on the default configuration
+    /// (journal off, as in `bench/run.sh`'s full-speed trials); JSON.
+    Engine {
+        /// The recording.
+        capture: std::path::PathBuf,
+        /// Times to feed it (the first creates the devices).
+        #[arg(long, default_value_t = 1)]
+        loops: u32,
+        /// Datagrams per batch (a `recvmmsg` call of `serve`; its
+        /// `udp_batch`).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+    },
     /// Send one Position frame (or Monitoring frames with `--readings`)
     /// for each of N distinct device ids.
     Flood {
@@ -97,6 +112,7 @@ pub(crate) fn main(c: BenchCommand) -> ExitCode {
         BenchCommand::Sink { listen, recv_buffer, batch, idle, max_seconds } => {
             sink(listen, recv_buffer, batch, idle, max_seconds)
         }
+        BenchCommand::Engine { capture, loops, batch } => engine_cost(&capture, loops, batch),
         BenchCommand::Flood { target, ids, rate, seed, readings, frames } => match resolve(&target)
         {
             Ok(t) => flood(t, ids, rate, seed, (readings, frames)),
@@ -106,6 +122,84 @@ pub(crate) fn main(c: BenchCommand) -> ExitCode {
             }
         },
     }
+}
+
+/// CPU seconds this thread has spent running (`/proc/thread-self/schedstat`,
+/// in nanoseconds, not scheduler ticks).
+fn thread_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .map_or(0.0, |ns| ns * 1e-9)
+}
+
+fn engine_cost(capture: &std::path::Path, loops: u32, batch: usize) -> ExitCode {
+    use crate::ingest::{Datagram, IngestCounters, Pipeline, Policy, RecordSink, Transport};
+    let datagrams = match crate::sim::record::read_all(capture) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("fleetwire bench engine: {}: {e}", capture.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    // One buffer, in order, as the kernel would hand them over.
+    let mut bytes = Vec::with_capacity(datagrams.iter().map(Vec::len).sum());
+    let mut spans = Vec::with_capacity(datagrams.len());
+    for d in &datagrams {
+        spans.push((bytes.len(), d.len()));
+        bytes.extend_from_slice(d);
+    }
+    drop(datagrams);
+    let cfg = crate::config::Config::default();
+    let registry = crate::telemetry::Registry::new();
+    let engine =
+        std::sync::Arc::new(crate::engine::Engine::new(cfg.engine(), cfg.effective_shards()));
+    let hub = crate::stream::StreamHub::new(cfg.stream(), engine.clone(), &registry);
+    let policy = Policy::new(&cfg.policy(), Default::default(), None);
+    let pipeline = Pipeline::new(engine.clone(), IngestCounters::register(&registry), policy)
+        .with_sink(hub as std::sync::Arc<dyn RecordSink>);
+    let source = Some(SocketAddr::from(([127, 0, 0, 1], 40_000)));
+    let (mut fed, mut accepted) = (0u64, 0u64);
+    let mut ticks = 0u64;
+    let cpu0 = thread_cpu_seconds();
+    let wall = Instant::now();
+    let mut next_tick = Instant::now() + Duration::from_secs(1);
+    let mut batch_of: Vec<Datagram<'_>> = Vec::with_capacity(batch.max(1));
+    for _ in 0..loops {
+        for chunk in spans.chunks(batch.max(1)) {
+            batch_of.clear();
+            batch_of.extend(chunk.iter().map(|&(at, len)| Datagram {
+                bytes: &bytes[at..at + len],
+                truncated: false,
+                source,
+                identity: None,
+                received_ns: 0,
+            }));
+            // One clock read per batch, as the receive loop does.
+            let now = crate::clock::now_ms();
+            let out = pipeline.handle(Transport::Udp, now, &batch_of);
+            fed += chunk.len() as u64;
+            accepted += out.accepted;
+            // Upkeep about once a second, as in serve (on this thread here).
+            if fed % 4096 < chunk.len() as u64 && Instant::now() >= next_tick {
+                engine.tick(now);
+                ticks += 1;
+                next_tick += Duration::from_secs(1);
+            }
+        }
+    }
+    let cpu = thread_cpu_seconds() - cpu0;
+    let v = serde_json::json!({
+        "datagrams": fed,
+        "accepted": accepted,
+        "devices": engine.summary().devices,
+        "upkeep_ticks": ticks,
+        "cpu_seconds": cpu,
+        "wall_seconds": wall.elapsed().as_secs_f64(),
+        "cpu_ns_per_datagram": cpu / fed.max(1) as f64 * 1e9,
+    });
+    println!("{v}");
+    ExitCode::SUCCESS
 }
 
 fn sink(

@@ -152,8 +152,10 @@ impl Engine {
         let n = shards.clamp(1, 1024).next_power_of_two();
         Engine {
             slots: ExportSlots::new(cfg.max_exported_devices),
+            shards: (0..n)
+                .map(|_| Mutex::new(Shard::with_room(cfg.max_devices_per_shard)))
+                .collect(),
             cfg,
-            shards: (0..n).map(|_| Mutex::new(Shard::new())).collect(),
             holder: OnceLock::new(),
             #[cfg(test)]
             allocations_under_lock: Default::default(),
@@ -209,9 +211,9 @@ impl Engine {
     /// So the batch's shards are locked first (in ascending order, so two
     /// receive threads cannot deadlock), every device of the batch is
     /// looked up and its state prefetched, and only then are the frames
-    /// applied: the misses of a batch overlap. Frames are applied in the
-    /// same order either way (shard by shard in order of first appearance,
-    /// arrival order within a shard), so the results are the same.
+    /// applied: the misses of a batch overlap. Frames are applied shard by
+    /// shard (ascending), in arrival order within a shard: shards share no
+    /// state, so the results are those of applying them one by one.
     pub(crate) fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> IngestOutcome {
         const CHUNK: usize = 64;
         let mut out = IngestOutcome::default();
@@ -246,25 +248,34 @@ impl Engine {
                 let lower = mask[s >> 6] & ((1u64 << (s & 63)) - 1);
                 *g = below[s >> 6] + lower.count_ones() as u8;
             }
-            for (a, &g) in chunk.iter().zip(&guard_of) {
-                guards[usize::from(g)].prefetch(a.frame.device_id);
+            let mut hint = [0u32; CHUNK];
+            for ((a, &g), h) in chunk.iter().zip(&guard_of).zip(&mut hint) {
+                *h = guards[usize::from(g)].prefetch(a.frame.device_id);
             }
-            let mut done = [false; CHUNK];
-            for i in 0..chunk.len() {
-                if done[i] {
-                    continue;
-                }
-                let shard = &mut guards[usize::from(guard_of[i])];
-                for j in i..chunk.len() {
-                    if !done[j] && shard_of[j] == shard_of[i] {
-                        let r = shard.apply(now_ms, &chunk[j], &self.cfg, &self.slots);
-                        let k = base + j;
-                        if k < 64 {
-                            out.applied |= u64::from(r.new) << k;
-                            out.fixes |= u64::from(r.fix) << k;
-                        }
-                        done[j] = true;
-                    }
+            // The frames in shard order, arrival order within a shard (a
+            // counting sort by guard): shards share no state, so this is
+            // the order of arrival as far as any device can tell.
+            let mut start = [0u8; CHUNK + 1];
+            for &g in &guard_of[..chunk.len()] {
+                start[usize::from(g) + 1] += 1;
+            }
+            for g in 0..guards.len() {
+                start[g + 1] += start[g];
+            }
+            let mut order = [0u8; CHUNK];
+            for (j, &g) in guard_of[..chunk.len()].iter().enumerate() {
+                let at = &mut start[usize::from(g)];
+                order[usize::from(*at)] = j as u8;
+                *at += 1;
+            }
+            for &j in &order[..chunk.len()] {
+                let j = usize::from(j);
+                let shard = &mut guards[usize::from(guard_of[j])];
+                let r = shard.apply_at(hint[j], now_ms, &chunk[j], &self.cfg, &self.slots);
+                let k = base + j;
+                if k < 64 {
+                    out.applied |= u64::from(r.new) << k;
+                    out.fixes |= u64::from(r.fix) << k;
                 }
             }
         }

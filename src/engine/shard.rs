@@ -25,6 +25,10 @@ fn kind_of(body: &Body<'_>) -> RecordKind {
 
 const NIL: u32 = u32::MAX;
 
+/// Most devices a shard's slab has room for from the start (16,384: with
+/// 256 shards about 1.7 GB of address space, not memory); beyond, it grows.
+const ROOM_MAX: usize = 1 << 14;
+
 #[derive(Debug, Clone, Copy)]
 struct Link {
     prev: u32,
@@ -85,6 +89,18 @@ impl Shard {
     /// An empty shard.
     pub(crate) fn new() -> Self {
         Shard { head: NIL, tail: NIL, ..Default::default() }
+    }
+
+    /// An empty shard with room for `devices` devices (at most
+    /// [`ROOM_MAX`]) in its slab, which then never moves while it fills
+    /// (copying every device each time it doubled). Address space only:
+    /// a page is resident once a device is written to it.
+    pub(crate) fn with_room(devices: usize) -> Self {
+        let mut s = Shard::new();
+        let n = devices.min(ROOM_MAX);
+        s.devices.reserve_exact(n);
+        s.links.reserve_exact(n);
+        s
     }
 
     /// Number of devices tracked.
@@ -174,13 +190,17 @@ impl Shard {
 
     /// Starts loading what applying a frame of `id` will touch (its state
     /// and its place in the eviction list), without waiting for it.
-    pub(crate) fn prefetch(&self, id: u32) {
+    /// Returns its slab index as a hint for [`Self::apply_at`] (which checks
+    /// it: devices created or evicted in between move others).
+    pub(crate) fn prefetch(&self, id: u32) -> u32 {
         if let Some(&i) = self.index.get(&id) {
             if let (Some(d), Some(l)) = (self.devices.get(i as usize), self.links.get(i as usize)) {
                 super::prefetch::prefetch(d);
                 super::prefetch::prefetch(l);
+                return i;
             }
         }
+        NIL
     }
 
     /// Heap bytes owned by the devices (readings, device info).
@@ -251,7 +271,18 @@ impl Shard {
 
     /// The slab index of `id`, creating the device (and evicting the least
     /// recently seen one when the shard is full).
-    fn slot_for(&mut self, id: u32, now_ms: u64, cap: usize, slots: &ExportSlots) -> u32 {
+    fn slot_for(
+        &mut self,
+        id: u32,
+        hint: u32,
+        now_ms: u64,
+        cap: usize,
+        slots: &ExportSlots,
+    ) -> u32 {
+        if self.devices.get(hint as usize).is_some_and(|d| d.id == id) {
+            self.touch(hint);
+            return hint;
+        }
         if let Some(&i) = self.index.get(&id) {
             self.touch(i);
             return i;
@@ -305,9 +336,22 @@ impl Shard {
         cfg: &EngineConfig,
         slots: &ExportSlots,
     ) -> Applied {
+        self.apply_at(NIL, now_ms, a, cfg, slots)
+    }
+
+    /// [`Self::apply`], with the device's slab index as [`Self::prefetch`]
+    /// found it (checked, and looked up again when it moved).
+    pub(crate) fn apply_at(
+        &mut self,
+        hint: u32,
+        now_ms: u64,
+        a: &Accepted<'_>,
+        cfg: &EngineConfig,
+        slots: &ExportSlots,
+    ) -> Applied {
         self.log.record(now_ms, a);
         let frame = &a.frame;
-        let i = self.slot_for(frame.device_id, now_ms, cfg.max_devices_per_shard, slots);
+        let i = self.slot_for(frame.device_id, hint, now_ms, cfg.max_devices_per_shard, slots);
         // Records that allocate (readings, device info) say by how much, so
         // the shard's device heap stays within its budget.
         let grow = self.heap_bytes < cfg.max_heap_per_shard;
