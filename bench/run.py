@@ -71,8 +71,8 @@ def proc_rss(pid):
     return 0
 
 
-def run_json(args, **kw):
-    out = subprocess.run([BIN] + args, capture_output=True, text=True, **kw)
+def run_json(args, prefix=(), **kw):
+    out = subprocess.run(list(prefix) + [BIN] + args, capture_output=True, text=True, **kw)
     if out.returncode != 0:
         raise RuntimeError(f"{args[0]} failed: {out.stderr}")
     return json.loads(out.stdout)
@@ -240,13 +240,19 @@ def full_speed(results, tmp, quick):
                 f"{sinks[-1]['cpu_per_million']:.2f} CPU-s/M (lost {sinks[-1]['loss']}); serve "
                 f"{serves[-1]['send_rate']:.0f}/s {serves[-1]['cpu_per_million']:.2f} CPU-s/M "
                 f"(lost {serves[-1]['loss']}, kernel drops {serves[-1]['kernel_drops']})")
+        # The same recording through decode, policy and engine without
+        # sockets (`bench engine`): the user-space part of serve's cost.
+        engine = [run_json(["bench", "engine", capn], prefix=RECEIVER)["cpu_ns_per_datagram"]
+                  for _ in range(1 if quick else 3)]
         os.remove(capn)
         med = lambda xs: sorted(xs)[len(xs) // 2]
         sink_cpu = med([t["cpu_per_million"] for t in sinks])
         serve_cpu = med([t["cpu_per_million"] for t in serves])
         out[str(devices)] = {"frames_per_device": frames, "capture_datagrams": c["sent"], "sink": sinks,
                              "serve": serves, "sink_cpu_per_million": sink_cpu,
-                             "serve_cpu_per_million": serve_cpu, "ratio": serve_cpu / max(sink_cpu, 1e-9)}
+                             "serve_cpu_per_million": serve_cpu, "ratio": serve_cpu / max(sink_cpu, 1e-9),
+                             "engine_ns_per_datagram": engine, "engine_ns_median": med(engine)}
+        log(f"   {devices} devices: decode + policy + engine without sockets {med(engine):.0f} ns per datagram")
         log(f"   {devices} devices: serve / bare receiver CPU per datagram {serve_cpu / max(sink_cpu, 1e-9):.2f} "
             f"(medians {serve_cpu:.2f} / {sink_cpu:.2f})")
     results["full_speed"] = out
@@ -618,6 +624,9 @@ def render(r):
     for k, f in r.get("full_speed", {}).items():
         L.append(f"| **CPU per datagram at full speed, serve / bare receiver, {int(k):,} devices** ({f['capture_datagrams']:,} datagrams, median of {len(f['serve'])}) | "
                  f"**{f['ratio']:.2f}** ({f['serve_cpu_per_million']:.2f} / {f['sink_cpu_per_million']:.2f} CPU-s per million; target <= {1.3 if int(k) <= 20000 else 1.5}) |")
+        if "engine_ns_median" in f:
+            L.append(f"| ... of which decode, policy and engine, the same recording without sockets (`bench engine`, median of {len(f['engine_ns_per_datagram'])}) | "
+                     f"{f['engine_ns_median']:.0f} ns per datagram |")
     q = r["quic_vs_udp"]
     L.append(f"| sim over UDP (sendmmsg, 100 devices; server and sim not pinned) | {q['udp_rate']:,.0f} accepted/s (median) |")
     drops = sum(t.get("quinn_buffer_drops", 0) for t in q["quic"])
