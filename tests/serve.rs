@@ -560,6 +560,18 @@ fn record_then_replay_reproduces_the_accepted_counts() {
         assert_eq!(metric_sum(&ma, name, &[]), metric_sum(&mb, name, &[]), "{name}");
     }
     assert_eq!(a.json("/api/summary")["lost"], b.json("/api/summary")["lost"]);
+
+    // `bench engine` feeds the same recording through the receive path
+    // without sockets: it takes and refuses exactly what the servers did.
+    let out = fleetwire(&["bench", "engine", rec.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["datagrams"], r["sent"]);
+    let accepted = metric_sum(&mb, "fleetwire_datagrams_accepted_total", &[]);
+    assert_eq!(e["accepted"].as_f64(), Some(accepted));
+    assert!(accepted < r["sent"].as_f64().unwrap(), "the corrupted copies are refused");
+    assert_eq!(e["devices"], b.json("/api/summary")["devices"]);
+    assert!(e["cpu_ns_per_datagram"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
