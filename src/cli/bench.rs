@@ -124,13 +124,9 @@ pub(crate) fn main(c: BenchCommand) -> ExitCode {
     }
 }
 
-/// CPU seconds this thread has spent running (`/proc/thread-self/schedstat`,
-/// in nanoseconds, not scheduler ticks).
+/// CPU seconds this thread has used.
 fn thread_cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
-        .map_or(0.0, |ns| ns * 1e-9)
+    sys::thread_cpu_ns().map_or(0.0, |ns| ns as f64 * 1e-9)
 }
 
 fn engine_cost(capture: &std::path::Path, loops: u32, batch: usize) -> ExitCode {

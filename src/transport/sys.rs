@@ -243,6 +243,20 @@ pub(crate) fn raise_nofile_limit() -> u64 {
 /// `Engine::held`).
 pub(crate) const RECEIVE_NICE: i32 = -10;
 
+/// CPU time the calling thread has used, in nanoseconds
+/// (`CLOCK_THREAD_CPUTIME_ID`: exact, up to the call, unlike
+/// `/proc/thread-self/schedstat`, which the scheduler brings up to date
+/// only at its ticks and switches).
+pub(crate) fn thread_cpu_ns() -> io::Result<u64> {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid, writable timespec for the call.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64)
+}
+
 /// Sets the calling thread's nice value (`setpriority(2)` on its thread
 /// id). Below 0 needs `CAP_SYS_NICE` (or an `RLIMIT_NICE` that allows it):
 /// without, an error and nothing changes.
