@@ -143,6 +143,11 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Most devices the shards' slabs have room for from the start, over all
+/// shards (2,097,152: about 850 MB of address space, not memory, beside the
+/// default `max_devices` of 1,000,000); beyond, a slab grows as it fills.
+const ROOM_MAX: usize = 1 << 21;
+
 /// Devices a paged reader visits under one lock ([`Engine::visit_after`]).
 pub(crate) const VISIT_PAGE: usize = 1024;
 
@@ -153,7 +158,7 @@ impl Engine {
         Engine {
             slots: ExportSlots::new(cfg.max_exported_devices),
             shards: (0..n)
-                .map(|_| Mutex::new(Shard::with_room(cfg.max_devices_per_shard)))
+                .map(|_| Mutex::new(Shard::with_room(cfg.max_devices_per_shard.min(ROOM_MAX / n))))
                 .collect(),
             cfg,
             holder: OnceLock::new(),
@@ -213,7 +218,9 @@ impl Engine {
     /// looked up and its state prefetched, and only then are the frames
     /// applied: the misses of a batch overlap. Frames are applied shard by
     /// shard (ascending), in arrival order within a shard: shards share no
-    /// state, so the results are those of applying them one by one.
+    /// state but the export slots, so the results are those of applying
+    /// them one by one (when the slots run out, a device of a lower shard
+    /// may take the last one before one that came earlier in its batch).
     pub(crate) fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> IngestOutcome {
         const CHUNK: usize = 64;
         let mut out = IngestOutcome::default();
@@ -253,8 +260,10 @@ impl Engine {
                 *h = guards[usize::from(g)].prefetch(a.frame.device_id);
             }
             // The frames in shard order, arrival order within a shard (a
-            // counting sort by guard): shards share no state, so this is
-            // the order of arrival as far as any device can tell.
+            // counting sort by guard): shards share no state but the export
+            // slots, so this is the order of arrival as far as any device
+            // can tell, except which of a batch's new devices takes the
+            // last free export slot.
             let mut start = [0u8; CHUNK + 1];
             for &g in &guard_of[..chunk.len()] {
                 start[usize::from(g) + 1] += 1;

@@ -25,10 +25,6 @@ fn kind_of(body: &Body<'_>) -> RecordKind {
 
 const NIL: u32 = u32::MAX;
 
-/// Most devices a shard's slab has room for from the start (16,384: with
-/// 256 shards about 1.7 GB of address space, not memory); beyond, it grows.
-const ROOM_MAX: usize = 1 << 14;
-
 #[derive(Debug, Clone, Copy)]
 struct Link {
     prev: u32,
@@ -91,15 +87,14 @@ impl Shard {
         Shard { head: NIL, tail: NIL, ..Default::default() }
     }
 
-    /// An empty shard with room for `devices` devices (at most
-    /// [`ROOM_MAX`]) in its slab, which then never moves while it fills
-    /// (copying every device each time it doubled). Address space only:
-    /// a page is resident once a device is written to it.
+    /// An empty shard with room for `devices` devices in its slab, which
+    /// then does not move until it holds more (copying every device each
+    /// time it doubled). Address space only: a page is resident once a
+    /// device is written to it.
     pub(crate) fn with_room(devices: usize) -> Self {
         let mut s = Shard::new();
-        let n = devices.min(ROOM_MAX);
-        s.devices.reserve_exact(n);
-        s.links.reserve_exact(n);
+        s.devices.reserve_exact(devices);
+        s.links.reserve_exact(devices);
         s
     }
 

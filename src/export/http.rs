@@ -505,7 +505,7 @@ async fn device(State(st): State<Arc<HttpState>>, Path(id): Path<u32>) -> Respon
 const GEOJSON_PIECE: usize = 2_048;
 
 /// Pages of [`crate::engine::VISIT_PAGE`] devices looked at per piece, at
-/// most.
+/// most (whatever the number of shards they span).
 const GEOJSON_PIECE_PAGES: usize = 8;
 
 /// Where a streamed GeoJSON collection stands.
@@ -536,18 +536,18 @@ impl GeoCursor {
         let mut rows: Vec<Brief> = Vec::with_capacity(want);
         let shards = engine.shard_count();
         engine.held(|| {
-            // At most this many pages looked at per piece: with a filter
+            // At most this many devices looked at per piece: with a filter
             // that few devices pass, a piece may hold fewer features, but
             // no section on the lock holder walks the fleet.
-            let mut pages = 0;
-            while rows.len() < want && self.shard < shards && pages < GEOJSON_PIECE_PAGES {
-                pages += 1;
+            let mut budget = GEOJSON_PIECE_PAGES * crate::engine::VISIT_PAGE;
+            while rows.len() < want && self.shard < shards && budget > 0 {
                 let mut looked = self.after;
                 let last = engine.visit_after(
                     self.shard,
                     self.after,
-                    crate::engine::VISIT_PAGE,
+                    crate::engine::VISIT_PAGE.min(budget),
                     &mut |d| {
+                        budget = budget.saturating_sub(1);
                         if rows.len() >= want {
                             return;
                         }
@@ -620,6 +620,7 @@ async fn geojson(
                 drop(turn);
                 return None;
             }
+            let mut waited = std::time::Duration::ZERO;
             loop {
                 let (engine, c) = (st.engine.clone(), cursor.clone());
                 match heavy.pool.run(move || c.lock().next_piece(&engine)).await {
@@ -629,9 +630,18 @@ async fn geojson(
                     }
                     // A thread is free for each turn's holder (the pool has
                     // one per turn and one for /metrics): busy is a
-                    // moment's overlap with a job finishing.
+                    // moment's overlap with a job finishing (one whose
+                    // client left). Not for longer than a request waits for
+                    // its turn: then the body ends broken.
+                    Err(super::pool::PoolError::Busy) if waited < HEAVY_QUEUE => {
+                        let pause = std::time::Duration::from_millis(5);
+                        tokio::time::sleep(pause).await;
+                        waited += pause;
+                    }
                     Err(super::pool::PoolError::Busy) => {
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        cursor.lock().done = true;
+                        let e = Err(std::io::Error::other("the render threads stayed busy"));
+                        return Some((e, ((cursor, st, heavy), turn)));
                     }
                     Err(super::pool::PoolError::Gone) => {
                         // The body ends broken, and the stream with it.
