@@ -669,23 +669,27 @@ mod tests {
 
     const DEVICES: u32 = 2_000;
 
+    /// A position of device `id` at `now` (a fix, moving north with the id).
+    fn fix(id: u32, now: u64) -> Accepted<'static> {
+        let p = Position {
+            lat_e7: 480_000_000 + id as i32,
+            lon_e7: 110_000_000,
+            alt_dm: 0,
+            speed_cm_s: 100,
+            heading_ddeg: 0,
+            hacc_cm: 100,
+            fix: FixType::Fix3d,
+            satellites: 8,
+        };
+        Accepted::new(Frame::new(id, 0, now, Body::Position(p)), 40)
+    }
+
     fn state() -> Arc<HttpState> {
         let cfg = crate::config::Config::default();
         let engine = Arc::new(Engine::new(cfg.engine(), 4));
         let now = now_ms();
         for id in 1..=DEVICES {
-            let p = Position {
-                lat_e7: 480_000_000 + id as i32,
-                lon_e7: 110_000_000,
-                alt_dm: 0,
-                speed_cm_s: 100,
-                heading_ddeg: 0,
-                hacc_cm: 100,
-                fix: FixType::Fix3d,
-                satellites: 8,
-            };
-            let f = Frame::new(id, 0, now, Body::Position(p));
-            engine.ingest(now, &[Accepted::new(f, 40)]);
+            engine.ingest(now, &[fix(id, now)]);
         }
         let names = ["a", "b", "c"];
         for seq in 1..=20u32 {
@@ -748,17 +752,7 @@ mod tests {
         // 12,000 devices with a fix in all: 6 pieces, and with a filter no
         // device passes, an empty piece (a piece looks at 8 pages of 1,024).
         for id in 10_001..=20_000u32 {
-            let p = Position {
-                lat_e7: 480_000_000 + id as i32,
-                lon_e7: 110_000_000,
-                alt_dm: 0,
-                speed_cm_s: 0,
-                heading_ddeg: 0,
-                hacc_cm: 100,
-                fix: FixType::Fix3d,
-                satellites: 8,
-            };
-            st.engine.ingest(now, &[Accepted::new(Frame::new(id, 0, now, Body::Position(p)), 40)]);
+            st.engine.ingest(now, &[fix(id, now)]);
         }
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let h = Arc::new(Heavy::new(&Registry::new()));
