@@ -224,22 +224,36 @@ impl Engine {
     pub(crate) fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> IngestOutcome {
         const CHUNK: usize = 64;
         let mut out = IngestOutcome::default();
+        // Words of the shard bit set in use (at most 16: 1024 shards).
+        let words = self.shards.len().div_ceil(64);
         for (c, chunk) in batch.chunks(CHUNK).enumerate() {
             let base = c * CHUNK;
-            let mut shard_of = [0usize; CHUNK];
+            let n = chunk.len();
+            if n == 1 {
+                // One frame (a receiver keeping up reads a datagram or two
+                // per call): no ordering to do.
+                let mut g = self.shards[self.shard_of(chunk[0].frame.device_id)].lock();
+                let r = g.apply(now_ms, &chunk[0], &self.cfg, &self.slots);
+                if base < 64 {
+                    out.applied |= u64::from(r.new) << base;
+                    out.fixes |= u64::from(r.fix) << base;
+                }
+                continue;
+            }
+            let mut shard_of = [0u16; CHUNK];
             for (s, a) in shard_of.iter_mut().zip(chunk) {
-                *s = self.shard_of(a.frame.device_id);
+                *s = self.shard_of(a.frame.device_id) as u16;
             }
             // The batch's shards as a bit set (at most 1024 shards), locked
             // in ascending order; a frame's guard is its shard's rank.
             let mut mask = [0u64; 16];
-            for &s in &shard_of[..chunk.len()] {
-                mask[s >> 6] |= 1 << (s & 63);
+            for &s in &shard_of[..n] {
+                mask[usize::from(s >> 6)] |= 1 << (s & 63);
             }
             let mut guards: arrayvec::ArrayVec<MutexGuard<'_, Shard>, CHUNK> =
                 arrayvec::ArrayVec::new();
             let mut below = [0u8; 16];
-            for (w, &bits) in mask.iter().enumerate() {
+            for (w, &bits) in mask.iter().enumerate().take(words) {
                 below[w] = guards.len() as u8;
                 let mut b = bits;
                 while b != 0 {
@@ -251,9 +265,10 @@ impl Engine {
                 }
             }
             let mut guard_of = [0u8; CHUNK];
-            for (g, &s) in guard_of.iter_mut().zip(&shard_of[..chunk.len()]) {
-                let lower = mask[s >> 6] & ((1u64 << (s & 63)) - 1);
-                *g = below[s >> 6] + lower.count_ones() as u8;
+            for (g, &s) in guard_of.iter_mut().zip(&shard_of[..n]) {
+                let (w, bit) = (usize::from(s >> 6), s & 63);
+                let lower = mask[w] & ((1u64 << bit) - 1);
+                *g = below[w] + lower.count_ones() as u8;
             }
             let mut hint = [0u32; CHUNK];
             for ((a, &g), h) in chunk.iter().zip(&guard_of).zip(&mut hint) {
@@ -265,19 +280,19 @@ impl Engine {
             // can tell, except which of a batch's new devices takes the
             // last free export slot.
             let mut start = [0u8; CHUNK + 1];
-            for &g in &guard_of[..chunk.len()] {
+            for &g in &guard_of[..n] {
                 start[usize::from(g) + 1] += 1;
             }
             for g in 0..guards.len() {
                 start[g + 1] += start[g];
             }
             let mut order = [0u8; CHUNK];
-            for (j, &g) in guard_of[..chunk.len()].iter().enumerate() {
+            for (j, &g) in guard_of[..n].iter().enumerate() {
                 let at = &mut start[usize::from(g)];
                 order[usize::from(*at)] = j as u8;
                 *at += 1;
             }
-            for &j in &order[..chunk.len()] {
+            for &j in &order[..n] {
                 let j = usize::from(j);
                 let shard = &mut guards[usize::from(guard_of[j])];
                 let r = shard.apply_at(hint[j], now_ms, &chunk[j], &self.cfg, &self.slots);

@@ -305,8 +305,10 @@ impl Pipeline {
         counters.received.add(datagrams.len() as u64);
         counters.bytes.add(bytes);
         counters.accepted.add(out.accepted);
-        for (c, n) in counters.rejected.iter().zip(rejected) {
-            c.add(n);
+        if out.rejected > 0 {
+            for (c, n) in counters.rejected.iter().zip(rejected) {
+                c.add(n);
+            }
         }
         out
     }

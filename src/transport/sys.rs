@@ -106,6 +106,8 @@ pub(crate) struct Batch {
     /// Control messages, 8-byte aligned as cmsghdr needs.
     control: Vec<[u64; CONTROL / 8]>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Headers the last call filled (to reset before the next).
+    filled: usize,
 }
 
 // The raw pointers in `iovecs` and `hdrs` point into `bufs`, `iovecs`
@@ -135,18 +137,21 @@ impl Batch {
                 h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
                 h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
                 h.msg_hdr.msg_control = ctl.as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = CONTROL as _;
                 h
             })
             .collect();
-        Batch { slot, bufs, iovecs, addrs, control, hdrs }
+        // Every header as `recv` resets them.
+        Batch { slot, bufs, iovecs, addrs, control, hdrs, filled: n }
     }
 
     /// Reads up to a batch of datagrams. With `block`, waits (up to the
     /// socket's read timeout) for the first one; never waits for more
     /// (MSG_WAITFORONE).
     pub(crate) fn recv(&mut self, socket: &UdpSocket, block: bool) -> io::Result<usize> {
-        for (i, h) in self.hdrs.iter_mut().enumerate() {
+        // The kernel wrote into the headers of the datagrams it returned
+        // last time (and of the one it may have failed on) only: the
+        // others still hold what was set below.
+        for (i, h) in self.hdrs.iter_mut().enumerate().take(self.filled + 1) {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
             // Room for a timestamp in every STAMP_EVERY-th datagram only:
             // the kernel skips the control message where there is none.
@@ -167,7 +172,12 @@ impl Batch {
                 std::ptr::null_mut(),
             )
         };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        if n < 0 {
+            self.filled = 0;
+            return Err(io::Error::last_os_error());
+        }
+        self.filled = n as usize;
+        Ok(self.filled)
     }
 
     /// Datagram `i` of the last call: bytes, truncated, source.
