@@ -71,10 +71,34 @@ pub(crate) struct Track {
     anchor: Option<(i32, i32)>,
     /// When the anchor last moved, Unix ms.
     anchor_moved_ms: u64,
+    /// The way from the anchor to the last fix, east and north in radians
+    /// of arc, while it is short (see `geo::SUM_WITHIN_RAD`).
+    #[serde(skip)]
+    from_anchor: Derived<(f32, f32)>,
     /// Consecutive fixes refused for implausible speed.
     implausible_run: u8,
     /// Currently moving.
     pub moving: bool,
+}
+
+/// A value derived from a device's state to save work, not part of it:
+/// equal whatever it holds, not saved (recomputed when missing).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Derived<T>(Option<T>);
+
+impl<T: Copy> Derived<T> {
+    fn of(v: T) -> Self {
+        Derived(Some(v))
+    }
+    fn get(&self) -> Option<T> {
+        self.0
+    }
+}
+
+impl<T> PartialEq for Derived<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Last values of the well-known monitoring fields.
@@ -425,7 +449,6 @@ impl Device {
         let hop = self.fix.map(|last| {
             hop.unwrap_or_else(|| geo::Hop::new(last.lat(), last.lon(), new.lat(), new.lon()))
         });
-        let d_last = hop.map(|h| h.distance_m);
         if let (Some(last), Some(hop)) = (self.fix, hop) {
             let dt = (t_ms - last.t_ms) as f64 / 1000.0;
             if dt > 0.0 {
@@ -443,23 +466,40 @@ impl Device {
             None => {
                 self.track.anchor = Some((p.lat_e7, p.lon_e7));
                 self.track.anchor_moved_ms = t_ms;
+                self.track.from_anchor = Derived::of((0.0, 0.0));
             }
             Some((alat, alon)) => {
-                // A moving track's anchor is the last fix: one distance.
-                let from_last = self.fix.filter(|l| (l.lat_e7, l.lon_e7) == (alat, alon));
-                let d = match (from_last, d_last) {
-                    (Some(_), Some(d)) => d,
-                    _ => geo::distance_m(
-                        f64::from(alat) * 1e-7,
-                        f64::from(alon) * 1e-7,
-                        p.lat_deg(),
-                        p.lon_deg(),
-                    ),
+                // The way from the anchor to this fix: the way to the last
+                // fix plus the hop from it, while both are short (one
+                // distance per fix; geo::SUM_ERROR_M), else measured.
+                let summed = match (self.track.from_anchor.get(), hop) {
+                    (Some((ax, ay)), Some(h)) => h.short().and_then(|(x, y)| {
+                        let v = (f64::from(ax) + x, f64::from(ay) + y);
+                        // Whatever its length, a hop from the anchor itself.
+                        let from_anchor = ax == 0.0 && ay == 0.0;
+                        (from_anchor || x.abs().max(y.abs()) < geo::SUM_WITHIN_RAD).then_some(v)
+                    }),
+                    _ => None,
+                };
+                let (d, way) = match summed {
+                    Some(v) => (geo::length_m(v), Some(v)),
+                    None => {
+                        let h = geo::Hop::new(
+                            f64::from(alat) * 1e-7,
+                            f64::from(alon) * 1e-7,
+                            p.lat_deg(),
+                            p.lon_deg(),
+                        );
+                        (h.distance_m, h.short())
+                    }
                 };
                 if d >= radius {
                     self.track.odometer_m += d;
                     self.track.anchor = Some((p.lat_e7, p.lon_e7));
                     self.track.anchor_moved_ms = t_ms;
+                    self.track.from_anchor = Derived::of((0.0, 0.0));
+                } else {
+                    self.track.from_anchor = Derived(way.map(|(x, y)| ((x as f32), (y as f32))));
                 }
             }
         }

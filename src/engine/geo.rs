@@ -26,6 +26,28 @@ pub(crate) const FAST_WITHIN_RAD: f64 = 1e-3;
 #[allow(dead_code)] // the stated bound: the test checks it
 pub(crate) const FAST_ERROR_M: f64 = 2e-3;
 
+/// Longest hop (either component, radians of arc: 64 m) that the odometer
+/// adds to its way from the anchor instead of measuring the way from the
+/// anchor again.
+pub(crate) const SUM_WITHIN_RAD: f64 = 1e-5;
+
+/// Largest difference, meters, between the length of such a sum and the
+/// cheap path's measurement from the anchor, at latitudes within ±85°:
+/// each hop's east component is scaled by the cosine at its own mean
+/// latitude, which differs from the anchor-to-fix mean latitude by at most
+/// half the way from the anchor (under `stationary_radius`, 10 m by
+/// default, or the anchor would have moved): |hop| x |way| / 2 x tan(85°)
+/// x R = 1e-5 x 1.6e-6 / 2 x 11.4 x R, under 0.6 mm (for a dead band of
+/// 10 m; it grows with the dead band; 0.07 mm measured).
+#[allow(dead_code)] // the stated bound: the test checks it
+pub(crate) const SUM_ERROR_M: f64 = 6e-4;
+
+/// The length, meters, of a way given by its east and north components in
+/// radians of arc (as [`Hop::short`]).
+pub(crate) fn length_m((x, y): (f64, f64)) -> f64 {
+    EARTH_RADIUS_M * (x * x + y * y).sqrt()
+}
+
 /// Largest difference between [`bearing_deg`] and the great-circle
 /// initial bearing on the cheap path, for hops of a meter or more (the
 /// engine's condition for a heading), at latitudes within ±85°: degrees.
@@ -61,8 +83,7 @@ impl Hop {
         let (from, to) = ((lat1, lon1), (lat2, lon2));
         if dp.abs() < FAST_WITHIN_RAD && dl.abs() < FAST_WITHIN_RAD {
             let (x, y) = (dl * cos_lat(0.5 * (p1 + p2)), dp);
-            let distance_m = EARTH_RADIUS_M * (x * x + y * y).sqrt();
-            return Hop { distance_m, short: Some((x, y)), from, to };
+            return Hop { distance_m: length_m((x, y)), short: Some((x, y)), from, to };
         }
         Hop { distance_m: haversine_m(lat1, lon1, lat2, lon2), short: None, from, to }
     }
@@ -71,6 +92,12 @@ impl Hop {
     #[cfg(test)]
     fn is_short(&self) -> bool {
         self.short.is_some()
+    }
+
+    /// Its east and north components in radians of arc, when the cheap
+    /// path measured it.
+    pub(crate) fn short(&self) -> Option<(f64, f64)> {
+        self.short
     }
 
     /// Its bearing (see [`bearing_deg`]).
@@ -140,6 +167,7 @@ fn atan2_fast(y: f64, x: f64) -> f64 {
 /// Great-circle distance in meters between two points given in degrees:
 /// within [`FAST_ERROR_M`] of [`haversine_m`] for short hops, which it
 /// computes without a libm call but the square root; haversine otherwise.
+#[cfg(test)]
 pub(crate) fn distance_m(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     Hop::new(lat1, lon1, lat2, lon2).distance_m
 }
@@ -281,5 +309,46 @@ mod tests {
         assert!(worst_b <= FAST_BEARING_ERROR_DEG, "bearing off by {worst_b} degrees");
         // The bound is not loose by orders of magnitude either.
         assert!(worst_d > FAST_ERROR_M / 10.0, "{worst_d}");
+    }
+    #[test]
+    fn summed_ways_are_within_their_bound() {
+        // Walks of short hops from an anchor, at latitudes to ±85°: the
+        // way kept as the sum of the hops (in f32 between fixes, as the
+        // track keeps it) against the cheap path's measurement from the
+        // anchor, while the way stays within a 10 m dead band.
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let (mut worst, mut sums) = (0.0f64, 0u32);
+        let to_deg = |r: f64| r.to_degrees();
+        for _ in 0..50_000 {
+            let (alat, alon) = ((rng.unit() * 2.0 - 1.0) * 85.0, (rng.unit() * 2.0 - 1.0) * 180.0);
+            let (mut lat, mut lon) = (alat, alon);
+            let mut way = (0.0f32, 0.0f32);
+            for _ in 0..50 {
+                // Hops up to the summing limit, in any direction, most of
+                // them of a meter or less (a parked receiver's jitter).
+                let (dn, de) = ((rng.unit() * 2.0 - 1.0), (rng.unit() * 2.0 - 1.0));
+                let scale = SUM_WITHIN_RAD * 10f64.powf(-3.0 * rng.unit());
+                let lat2 = (lat + to_deg(dn * scale * 0.999)).clamp(-85.0, 85.0);
+                let lon2 = lon + to_deg(de * scale);
+                let hop = Hop::new(lat, lon, lat2, lon2);
+                let Some((x, y)) = hop.short() else { panic!("a short hop") };
+                if x.abs().max(y.abs()) >= SUM_WITHIN_RAD {
+                    break;
+                }
+                let v = (f64::from(way.0) + x, f64::from(way.1) + y);
+                let measured = distance_m(alat, alon, lat2, lon2);
+                worst = worst.max((length_m(v) - measured).abs());
+                sums += 1;
+                if measured >= 10.0 {
+                    break;
+                }
+                way = (v.0 as f32, v.1 as f32);
+                (lat, lon) = (lat2, lon2);
+            }
+        }
+        assert!(sums > 200_000, "{sums} sums");
+        assert!(worst <= SUM_ERROR_M, "a summed way was {worst} m off");
+        // Not loose by orders of magnitude either.
+        assert!(worst > SUM_ERROR_M / 100.0, "{worst}");
     }
 }
