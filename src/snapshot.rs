@@ -57,6 +57,28 @@ pub(crate) fn take(engine: &Engine, now_ms: u64) -> Snapshot {
     Snapshot { taken_ms: now_ms, totals: engine.summary().totals, devices, journal: None }
 }
 
+/// A device's extension as snapshots wrote it before the odometer's way
+/// (`DeviceExt::way`) was added.
+#[derive(serde::Deserialize)]
+struct ExtBeforeWay {
+    interval_ms: u32,
+    recent: Option<Box<crate::engine::device::RecentRecords>>,
+}
+
+/// A device's extension, of this version or an earlier one (whose device
+/// measures its odometer's way once when its next fix comes).
+fn read_ext(bytes: &[u8]) -> Option<crate::engine::device::DeviceExt> {
+    if let Ok(ext) = postcard::from_bytes(bytes) {
+        return Some(ext);
+    }
+    let e: ExtBeforeWay = postcard::from_bytes(bytes).ok()?;
+    Some(crate::engine::device::DeviceExt {
+        interval_ms: e.interval_ms,
+        recent: e.recent,
+        way: None,
+    })
+}
+
 /// Writes records and keeps the CRC of everything written.
 struct BodyWriter<W: Write> {
     out: W,
@@ -245,7 +267,7 @@ fn parse(bytes: &[u8]) -> Result<Snapshot, &'static str> {
             .map_err(|_| "a device record does not parse")?;
         // Snapshots of version 2 have no extension.
         if !ext.is_empty() {
-            d.ext = postcard::from_bytes(ext).map_err(|_| "a device extension does not parse")?;
+            d.ext = read_ext(ext).ok_or("a device extension does not parse")?;
         }
         devices.push(d);
     }
@@ -336,5 +358,33 @@ mod tests {
             }
         }
         assert!(read(dir.path()).unwrap().is_none());
+    }
+    #[test]
+    fn a_device_extension_of_an_earlier_version_reads() {
+        use crate::engine::device::{DeviceExt, RecentRecords};
+        // The extension as snapshots wrote it before the odometer's way:
+        // the interval, then the recent records.
+        #[derive(serde::Serialize)]
+        struct Before {
+            interval_ms: u32,
+            recent: Option<Box<RecentRecords>>,
+        }
+        let mut recent = RecentRecords::default();
+        assert!(recent.observe(1_700_000_000_000, crate::engine::RecordKind::Position));
+        for before in [
+            Before { interval_ms: 3_750, recent: None },
+            Before { interval_ms: 0, recent: Some(Box::new(recent.clone())) },
+        ] {
+            let bytes = postcard::to_allocvec(&before).unwrap();
+            let ext = read_ext(&bytes).expect("an earlier extension reads");
+            assert_eq!(
+                ext,
+                DeviceExt { interval_ms: before.interval_ms, recent: before.recent, way: None }
+            );
+        }
+        // This version's, with a way, reads back as it was.
+        let now = DeviceExt { interval_ms: 1, recent: None, way: Some((1.5e-6, -2.5e-7)) };
+        assert_eq!(read_ext(&postcard::to_allocvec(&now).unwrap()), Some(now));
+        assert_eq!(read_ext(&[0xff]), None);
     }
 }

@@ -71,34 +71,10 @@ pub(crate) struct Track {
     anchor: Option<(i32, i32)>,
     /// When the anchor last moved, Unix ms.
     anchor_moved_ms: u64,
-    /// The way from the anchor to the last fix, east and north in radians
-    /// of arc, while it is short (see `geo::SUM_WITHIN_RAD`).
-    #[serde(skip)]
-    from_anchor: Derived<(f32, f32)>,
     /// Consecutive fixes refused for implausible speed.
     implausible_run: u8,
     /// Currently moving.
     pub moving: bool,
-}
-
-/// A value derived from a device's state to save work, not part of it:
-/// equal whatever it holds, not saved (recomputed when missing).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Derived<T>(Option<T>);
-
-impl<T: Copy> Derived<T> {
-    fn of(v: T) -> Self {
-        Derived(Some(v))
-    }
-    fn get(&self) -> Option<T> {
-        self.0
-    }
-}
-
-impl<T> PartialEq for Derived<T> {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
 }
 
 /// Last values of the well-known monitoring fields.
@@ -208,8 +184,10 @@ pub(crate) struct Device {
 }
 
 /// What a device carries beyond the snapshot format of version 2 (saved as
-/// an extension of the device's snapshot record).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// an extension of the device's snapshot record; fields are only ever
+/// added at its end, and a snapshot's extension without the last ones
+/// still reads: see `snapshot.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DeviceExt {
     /// Recent reporting interval, ms (0 = unknown): rises at once to a
     /// longer gap, falls slowly (a quarter of the way per report), and
@@ -217,6 +195,12 @@ pub(crate) struct DeviceExt {
     pub(crate) interval_ms: u32,
     /// Recent records of a device whose protocol has no sequence numbers.
     pub(crate) recent: Option<Box<RecentRecords>>,
+    /// The odometer's way from its anchor to the last fix, east and north
+    /// in radians of arc, while it is short (see `geo::SUM_WITHIN_RAD`):
+    /// the next fix adds its hop to it instead of measuring the way from
+    /// the anchor again. Saved, so that a restored device goes on exactly
+    /// as it would have (snapshots without it measure once).
+    pub(crate) way: Option<(f32, f32)>,
 }
 
 /// How many records of a device without sequence numbers are remembered.
@@ -466,13 +450,13 @@ impl Device {
             None => {
                 self.track.anchor = Some((p.lat_e7, p.lon_e7));
                 self.track.anchor_moved_ms = t_ms;
-                self.track.from_anchor = Derived::of((0.0, 0.0));
+                self.ext.way = Some((0.0, 0.0));
             }
             Some((alat, alon)) => {
                 // The way from the anchor to this fix: the way to the last
                 // fix plus the hop from it, while both are short (one
                 // distance per fix; geo::SUM_ERROR_M), else measured.
-                let summed = match (self.track.from_anchor.get(), hop) {
+                let summed = match (self.ext.way, hop) {
                     (Some((ax, ay)), Some(h)) => h.short().and_then(|(x, y)| {
                         let v = (f64::from(ax) + x, f64::from(ay) + y);
                         // Whatever its length, a hop from the anchor itself.
@@ -497,9 +481,9 @@ impl Device {
                     self.track.odometer_m += d;
                     self.track.anchor = Some((p.lat_e7, p.lon_e7));
                     self.track.anchor_moved_ms = t_ms;
-                    self.track.from_anchor = Derived::of((0.0, 0.0));
+                    self.ext.way = Some((0.0, 0.0));
                 } else {
-                    self.track.from_anchor = Derived(way.map(|(x, y)| ((x as f32), (y as f32))));
+                    self.ext.way = way.map(|(x, y)| ((x as f32), (y as f32)));
                 }
             }
         }
