@@ -20,6 +20,20 @@ use crate::{CRC_LEN, FLAG_AUTH, HEADER_LEN, MAGIC, MAX_FRAME_LEN, MIN_FRAME_LEN,
 /// # Errors
 /// The first check that fails, as a [`DecodeError`].
 pub fn decode(datagram: &[u8]) -> Result<Frame<'_>, DecodeError> {
+    decode_with(datagram, crc32c)
+}
+
+/// [`decode`], with the caller's implementation of CRC-32C (the checksum
+/// of [`crc32c`](crate::crc32c); a server may have a faster one for its
+/// CPU).
+///
+/// # Errors
+/// The first check that fails, as a [`DecodeError`].
+#[inline]
+pub fn decode_with(
+    datagram: &[u8],
+    crc32c: impl FnOnce(&[u8]) -> u32,
+) -> Result<Frame<'_>, DecodeError> {
     if datagram.len() < MIN_FRAME_LEN {
         return Err(DecodeError::TooShort);
     }

@@ -53,7 +53,7 @@ mod wire;
 
 pub use auth::{AUTH_TAG_LEN, AuthTag};
 pub use checksum::{crc32c, crc32c_portable};
-pub use decode::decode;
+pub use decode::{decode, decode_with};
 pub use encode::{encode, encode_signed};
 pub use error::{DecodeError, EncodeError};
 pub use frame::{

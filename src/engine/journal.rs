@@ -77,10 +77,15 @@ impl ShardLog {
 
     /// Writes down a frame about to be applied at `now_ms`: its bytes as
     /// they arrived when it came in the wire format, else encoded.
+    #[inline]
     pub(crate) fn record(&mut self, now_ms: u64, a: &Accepted<'_>) {
-        if !self.enabled {
-            return;
+        if self.enabled {
+            self.write(now_ms, a);
         }
+    }
+
+    /// [`Self::record`] with logging on.
+    fn write(&mut self, now_ms: u64, a: &Accepted<'_>) {
         let start = self.used;
         let room = start + RECORD_HEAD + MAX_FRAME_LEN.max(a.wire.len());
         if self.buf.len() < room {

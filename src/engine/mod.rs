@@ -216,11 +216,8 @@ impl Engine {
     /// So the batch's shards are locked first (in ascending order, so two
     /// receive threads cannot deadlock), every device of the batch is
     /// looked up and its state prefetched, and only then are the frames
-    /// applied: the misses of a batch overlap. Frames are applied shard by
-    /// shard (ascending), in arrival order within a shard: shards share no
-    /// state but the export slots, so the results are those of applying
-    /// them one by one (when the slots run out, a device of a lower shard
-    /// may take the last one before one that came earlier in its batch).
+    /// applied (in arrival order): the misses of a batch overlap, and the
+    /// results are those of applying the frames one by one.
     pub(crate) fn ingest(&self, now_ms: u64, batch: &[Accepted<'_>]) -> IngestOutcome {
         const CHUNK: usize = 64;
         let mut out = IngestOutcome::default();
@@ -274,28 +271,10 @@ impl Engine {
             for ((a, &g), h) in chunk.iter().zip(&guard_of).zip(&mut hint) {
                 *h = guards[usize::from(g)].prefetch(a.frame.device_id);
             }
-            // The frames in shard order, arrival order within a shard (a
-            // counting sort by guard): shards share no state but the export
-            // slots, so this is the order of arrival as far as any device
-            // can tell, except which of a batch's new devices takes the
-            // last free export slot.
-            let mut start = [0u8; CHUNK + 1];
-            for &g in &guard_of[..n] {
-                start[usize::from(g) + 1] += 1;
-            }
-            for g in 0..guards.len() {
-                start[g + 1] += start[g];
-            }
-            let mut order = [0u8; CHUNK];
-            for (j, &g) in guard_of[..n].iter().enumerate() {
-                let at = &mut start[usize::from(g)];
-                order[usize::from(*at)] = j as u8;
-                *at += 1;
-            }
-            for &j in &order[..n] {
-                let j = usize::from(j);
-                let shard = &mut guards[usize::from(guard_of[j])];
-                let r = shard.apply_at(hint[j], now_ms, &chunk[j], &self.cfg, &self.slots);
+            // The frames in arrival order, each under its shard's lock:
+            // the results of applying them one by one.
+            for (j, (a, (&g, &h))) in chunk.iter().zip(guard_of.iter().zip(&hint)).enumerate() {
+                let r = guards[usize::from(g)].apply_at(h, now_ms, a, &self.cfg, &self.slots);
                 let k = base + j;
                 if k < 64 {
                     out.applied |= u64::from(r.new) << k;

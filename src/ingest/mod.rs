@@ -5,6 +5,7 @@
 //! of [`counters`].
 
 pub(crate) mod counters;
+pub(crate) mod crc;
 pub(crate) mod keys;
 pub(crate) mod limiter;
 pub(crate) mod pipeline;

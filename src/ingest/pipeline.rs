@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use arrayvec::ArrayVec;
-use fleetwire_proto::{DecodeError, Frame, decode};
+use fleetwire_proto::{DecodeError, Frame, decode_with};
 use parking_lot::Mutex;
 
 use super::counters::IngestCounters;
@@ -322,7 +322,7 @@ impl Pipeline {
         if d.truncated {
             return Err(Reason::Decode(DecodeError::TooLong));
         }
-        let frame = decode(d.bytes).map_err(Reason::Decode)?;
+        let frame = decode_with(d.bytes, super::crc::crc32c).map_err(Reason::Decode)?;
         if let Some(id) = d.identity {
             if frame.device_id != id {
                 return Err(Reason::IdentityMismatch);
