@@ -549,15 +549,23 @@ impl Device {
             return (false, 0);
         }
         let mut reset = false;
-        let table_before = self.readings.as_deref().map_or(0, Self::series_table_bytes);
+        let created = self.readings.is_none();
         let series = self.readings.get_or_insert_with(Default::default);
-        let mut heap = 0isize;
-        for r in m.readings.iter() {
-            let idx = match series.iter().position(|s| &*s.name == r.name) {
+        let mut heap = if created { Self::series_table_bytes(series) as isize } else { 0 };
+        for (k, r) in m.readings.iter().enumerate() {
+            // A device sends its readings in the same order each time: the
+            // k-th series first, then a search.
+            let idx = match series.get(k).filter(|s| &*s.name == r.name) {
+                Some(_) => Some(k),
+                None => series.iter().position(|s| &*s.name == r.name),
+            };
+            let idx = match idx {
                 Some(i) => i,
                 None if series.len() < cfg.max_readings_per_device && grow => {
+                    let table_before = Self::series_table_bytes(series);
                     series.push(ReadingSeries::new(r.name));
                     heap += series[series.len() - 1].heap_bytes() as isize;
+                    heap += Self::series_table_bytes(series) as isize - table_before as isize;
                     series.len() - 1
                 }
                 None => {
@@ -567,11 +575,11 @@ impl Device {
                 }
             };
             let s = &mut series[idx];
-            let before = s.heap_bytes() as isize;
-            reset |= s.push(t_ms, r.value, clock, cfg.reading_window_ms, cfg.reading_samples, grow);
-            heap += s.heap_bytes() as isize - before;
+            let (r, grew) =
+                s.push(t_ms, r.value, clock, cfg.reading_window_ms, cfg.reading_samples, grow);
+            reset |= r;
+            heap += grew;
         }
-        heap += Self::series_table_bytes(series) as isize - table_before as isize;
         (reset, heap)
     }
 

@@ -65,7 +65,8 @@ impl ReadingSeries {
     /// keeps its allocation: when it is full, the oldest sample makes room.
     /// When the device's clock went back (see [`Clock::resets`]), the
     /// samples dated ahead of the server clock go first, and the window
-    /// ends at the new sample; says whether that happened.
+    /// ends at the new sample; says whether that happened, and by how much
+    /// [`Self::heap_bytes`] changed.
     pub(crate) fn push(
         &mut self,
         t_ms: u64,
@@ -74,7 +75,8 @@ impl ReadingSeries {
         window_ms: u64,
         cap: usize,
         grow: bool,
-    ) -> bool {
+    ) -> (bool, isize) {
+        let capacity = self.samples.capacity();
         let reset = clock.resets(self.newest_ms, t_ms);
         if reset {
             self.samples.retain(|(t, _)| !clock.ahead(*t) && !clock.too_far_ahead(*t));
@@ -91,7 +93,17 @@ impl ReadingSeries {
             self.samples.pop_front();
         }
         self.samples.push_back((t_ms, value));
-        reset
+        // The heap changes only when the samples' buffer grew.
+        let grew = match self.samples.capacity() {
+            c if c == capacity => 0,
+            c => Self::samples_bytes(c) as isize - Self::samples_bytes(capacity) as isize,
+        };
+        (reset, grew)
+    }
+
+    /// What a samples buffer of `capacity` costs (see [`alloc_bytes`]).
+    fn samples_bytes(capacity: usize) -> usize {
+        alloc_bytes(capacity * std::mem::size_of::<(u64, f64)>())
     }
 
     /// The newest sample's value (by sample time), if any.
@@ -108,8 +120,7 @@ impl ReadingSeries {
     /// Heap bytes used by the samples and the name, as the allocator
     /// charges them (see [`alloc_bytes`]).
     pub(crate) fn heap_bytes(&self) -> usize {
-        alloc_bytes(self.samples.capacity() * std::mem::size_of::<(u64, f64)>())
-            + alloc_bytes(self.name.len())
+        Self::samples_bytes(self.samples.capacity()) + alloc_bytes(self.name.len())
     }
 
     /// Statistics over the samples taken in `[newest - window, newest]`;

@@ -182,6 +182,7 @@ impl Policy {
     /// source's rate limit, the authentication tag (UDP), the replay window
     /// (only for frames whose tag verified; it moves only for them), the
     /// device's rate limit.
+    #[inline]
     pub(crate) fn check(
         &self,
         t: Transport,
@@ -189,6 +190,11 @@ impl Policy {
         source: Option<SocketAddr>,
         frame: &Frame<'_>,
     ) -> Result<(), Reason> {
+        // Nothing to check (the default): a branch per datagram, not three
+        // calls.
+        if self.sources.is_none() && self.devices.is_none() && self.udp_auth == UdpAuth::Off {
+            return Ok(());
+        }
         self.check_source(now_ms, source)?;
         if t == Transport::Udp
             && self.check_auth(frame)?
