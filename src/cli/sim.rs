@@ -98,6 +98,12 @@ pub(crate) struct ReplayArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Send the recording in bursts of this many datagrams, each when a
+    /// line arrives on standard input, printing a line once it has gone
+    /// (for a measurement that stops the receiver while a burst fills its
+    /// queue, then lets it drain a full queue: `bench/run.py`).
+    #[arg(long, value_name = "N")]
+    pub(crate) bursts_of: Option<usize>,
 }
 
 fn percent(name: &str, v: f64) -> Result<f64, String> {
@@ -244,7 +250,10 @@ pub(crate) fn replay_main(a: ReplayArgs) -> ExitCode {
         Err(e) => return fail(format!("{}: {e}", a.file.display()), 1),
     };
     let start = Instant::now();
-    let res = crate::sim::udp::send_all(target, &datagrams, a.loops, a.rate);
+    let res = match a.bursts_of {
+        Some(n) => crate::sim::udp::send_bursts(target, &datagrams, n.max(1)),
+        None => crate::sim::udp::send_all(target, &datagrams, a.loops, a.rate),
+    };
     let elapsed = start.elapsed().as_secs_f64();
     match res {
         Ok(sent) => {

@@ -53,6 +53,33 @@ impl BatchSender {
 /// Sends `datagrams` to `target` `loops` times with `sendmmsg(2)` in
 /// batches, at `rate` datagrams per second (0 = as fast as the socket
 /// takes them). Returns the number sent.
+/// Sends `datagrams` in bursts of `n`, each when a line arrives on
+/// standard input (until it closes or the datagrams run out), and prints
+/// `sent <total>` on standard output once a burst has gone.
+pub(crate) fn send_bursts(
+    target: SocketAddr,
+    datagrams: &[Vec<u8>],
+    n: usize,
+) -> Result<u64, String> {
+    use std::io::{BufRead, Write};
+    const BATCH: usize = 64;
+    let sender = BatchSender::connect(target)?;
+    let mut sent = 0u64;
+    let (stdin, mut stdout) = (std::io::stdin(), std::io::stdout());
+    let mut lines = stdin.lock().lines();
+    for burst in datagrams.chunks(n) {
+        match lines.next() {
+            Some(Ok(_)) => {}
+            _ => break,
+        }
+        for chunk in burst.chunks(BATCH) {
+            sent += sender.send(chunk)?;
+        }
+        writeln!(stdout, "sent {sent}").and_then(|()| stdout.flush()).map_err(|e| e.to_string())?;
+    }
+    Ok(sent)
+}
+
 pub(crate) fn send_all(
     target: SocketAddr,
     datagrams: &[Vec<u8>],
