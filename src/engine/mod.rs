@@ -20,6 +20,7 @@
 pub(crate) mod config;
 pub(crate) mod device;
 pub(crate) mod geo;
+pub(crate) mod index;
 pub(crate) mod journal;
 pub(crate) mod prefetch;
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub(crate) mod shard;
 pub(crate) mod timing;
 pub(crate) mod totals;
 
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
 use fleetwire_proto::Frame;
@@ -126,6 +128,8 @@ pub(crate) type Holder = Arc<dyn Fn(&mut (dyn FnMut() + Send)) + Send + Sync>;
 pub(crate) struct Engine {
     cfg: EngineConfig,
     shards: Box<[Mutex<Shard>]>,
+    /// The hash of every shard's id index.
+    hasher: index::IdHasher,
     slots: ExportSlots,
     holder: OnceLock<Holder>,
     /// Heap allocations made by readers while holding a shard lock (tests).
@@ -155,11 +159,17 @@ impl Engine {
     /// An engine with `shards` shards (rounded up to a power of two).
     pub(crate) fn new(cfg: EngineConfig, shards: usize) -> Self {
         let n = shards.clamp(1, 1024).next_power_of_two();
+        // One keyed hash of device ids for every shard's index.
+        let hasher = index::IdHasher::default();
         Engine {
             slots: ExportSlots::new(cfg.max_exported_devices),
             shards: (0..n)
-                .map(|_| Mutex::new(Shard::with_room(cfg.max_devices_per_shard.min(ROOM_MAX / n))))
+                .map(|_| {
+                    let room = cfg.max_devices_per_shard.min(ROOM_MAX / n);
+                    Mutex::new(Shard::with_room(room, hasher.clone()))
+                })
                 .collect(),
+            hasher,
             cfg,
             holder: OnceLock::new(),
             #[cfg(test)]
@@ -267,9 +277,17 @@ impl Engine {
                 let lower = mask[w] & ((1u64 << bit) - 1);
                 *g = below[w] + lower.count_ones() as u8;
             }
+            // Where each device's index lookup begins, for the whole batch
+            // (the misses overlap), then the lookups, each starting to load
+            // its device's state.
+            let mut hash = [0u64; CHUNK];
+            for ((a, &g), h) in chunk.iter().zip(&guard_of).zip(&mut hash) {
+                *h = self.hasher.hash_one(a.frame.device_id);
+                guards[usize::from(g)].prefetch_index(*h);
+            }
             let mut hint = [0u32; CHUNK];
-            for ((a, &g), h) in chunk.iter().zip(&guard_of).zip(&mut hint) {
-                *h = guards[usize::from(g)].prefetch(a.frame.device_id);
+            for (((a, &g), &h), s) in chunk.iter().zip(&guard_of).zip(&hash).zip(&mut hint) {
+                *s = guards[usize::from(g)].prefetch(a.frame.device_id, h);
             }
             // The frames in arrival order, each under its shard's lock:
             // the results of applying them one by one.

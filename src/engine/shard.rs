@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleetwire_proto::{Body, Frame, Record};
-use hashbrown::HashMap;
 
 use super::device::Device;
+use super::index::{IdHasher, IdIndex};
 use super::journal::ShardLog;
 use super::sequence::SeqOutcome;
 use super::timing::Clock;
@@ -60,7 +60,7 @@ impl ExportSlots {
 /// The devices of one shard. Plain data: no locks, no IO, no clock.
 #[derive(Debug, Default)]
 pub(crate) struct Shard {
-    index: HashMap<u32, u32>,
+    index: IdIndex,
     /// The ids, in order: listing pages cost the page, not the fleet.
     sorted: std::collections::BTreeSet<u32>,
     /// The ids of devices holding an export slot, in order: `/metrics`
@@ -91,8 +91,8 @@ impl Shard {
     /// then does not move until it holds more (copying every device each
     /// time it doubled). Address space only: a page is resident once a
     /// device is written to it.
-    pub(crate) fn with_room(devices: usize) -> Self {
-        let mut s = Shard::new();
+    pub(crate) fn with_room(devices: usize, hasher: IdHasher) -> Self {
+        let mut s = Shard { index: IdIndex::new(hasher), ..Shard::new() };
         s.devices.reserve_exact(devices);
         s.links.reserve_exact(devices);
         s
@@ -110,7 +110,7 @@ impl Shard {
 
     /// One device.
     pub(crate) fn get(&self, id: u32) -> Option<&Device> {
-        self.index.get(&id).and_then(|&i| self.devices.get(i as usize))
+        self.index.get(id).and_then(|i| self.devices.get(i as usize))
     }
 
     /// Calls `f` on up to `budget` devices of `ids` above `after` (from the
@@ -183,12 +183,19 @@ impl Shard {
         super::prefetch::prefetch(&self.log);
     }
 
-    /// Starts loading what applying a frame of `id` will touch (its state
+    /// Starts loading the line of the index where the lookup of an id whose
+    /// hash is `hash` begins (before [`Self::prefetch`], for a whole batch).
+    pub(crate) fn prefetch_index(&self, hash: u64) {
+        self.index.prefetch(hash);
+    }
+
+    /// Starts loading what applying a frame of `id` (whose index hash is
+    /// `hash`) will touch (its state
     /// and its place in the eviction list), without waiting for it.
     /// Returns its slab index as a hint for [`Self::apply_at`] (which checks
     /// it: devices created or evicted in between move others).
-    pub(crate) fn prefetch(&self, id: u32) -> u32 {
-        if let Some(&i) = self.index.get(&id) {
+    pub(crate) fn prefetch(&self, id: u32, hash: u64) -> u32 {
+        if let Some(i) = self.index.get_hashed(id, hash) {
             if let (Some(d), Some(l)) = (self.devices.get(i as usize), self.links.get(i as usize)) {
                 super::prefetch::prefetch(d);
                 super::prefetch::prefetch(l);
@@ -256,7 +263,7 @@ impl Shard {
         // Its awaited frames will never be accounted now: confirmed lost.
         self.totals.pending = self.totals.pending.saturating_sub(gone.seq.pending());
         self.links.pop();
-        self.index.remove(&gone.id);
+        self.index.remove(gone.id);
         self.sorted.remove(&gone.id);
         if gone.exported {
             self.exported.remove(&gone.id);
@@ -278,7 +285,7 @@ impl Shard {
             self.touch(hint);
             return hint;
         }
-        if let Some(&i) = self.index.get(&id) {
+        if let Some(i) = self.index.get(id) {
             self.touch(i);
             return i;
         }
@@ -306,7 +313,7 @@ impl Shard {
 
     /// Inserts a device restored from a snapshot (no eviction, no counting).
     pub(crate) fn restore(&mut self, mut d: Device) {
-        if self.index.contains_key(&d.id) {
+        if self.index.contains(d.id) {
             return;
         }
         d.exported = false;
