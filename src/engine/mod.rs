@@ -166,7 +166,7 @@ impl Engine {
             shards: (0..n)
                 .map(|_| {
                     let room = cfg.max_devices_per_shard.min(ROOM_MAX / n);
-                    Mutex::new(Shard::with_room(room, hasher.clone()))
+                    Mutex::new(Shard::with_room(room, hasher))
                 })
                 .collect(),
             hasher,
