@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -219,6 +220,87 @@ def serve_trial(cap, loops, rate):
         srv.stop()
 
 
+def cpu_ns(pid):
+    """CPU time of every thread of `pid` so far, ns (schedstat: exact, unlike
+    the tick-sampled utime/stime)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
+# Datagrams per burst of the saturated trials: fewer than a 16 MiB receive
+# buffer holds (about 30,000 small datagrams), so none is dropped.
+BURST = 20_000
+
+
+def drain(cap, pid, port):
+    """The receiver `pid` (listening on `port`) stopped (SIGSTOP) while a
+    burst of the capture fills its socket queue, then let go (SIGCONT) until
+    its CPU time stops moving: it reads full batches from a full queue, and
+    neither the sender's speed nor its own wake-ups enter the figure.
+    Returns the CPU ns spent draining and the datagrams sent."""
+    rp = subprocess.Popen(SENDER + [BIN, "replay", cap, "--target", f"127.0.0.1:{port}", "--bursts-of", str(BURST)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    total, sent = 0, 0
+    try:
+        while True:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                rp.stdin.write("go\n")
+                rp.stdin.flush()
+            except BrokenPipeError:
+                break  # the sender sent its last burst and ended
+            line = rp.stdout.readline()
+            if not line:
+                break
+            sent = int(line.split()[1])
+            c0 = cpu_ns(pid)
+            os.kill(pid, signal.SIGCONT)
+            last, still = c0, 0
+            while still < 5:
+                time.sleep(0.002)
+                c = cpu_ns(pid)
+                still = still + 1 if c == last else 0
+                last = c
+            total += last - c0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        try:
+            rp.stdin.close()
+        except BrokenPipeError:
+            pass
+        rp.wait()
+    return total, sent
+
+
+def sink_drain(cap):
+    port = free_port()
+    p = subprocess.Popen(RECEIVER + [BIN, "bench", "sink", "--listen", f"127.0.0.1:{port}", "--idle", "1.5"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(0.3)
+    ns, sent = drain(cap, p.pid, port)
+    out, _ = p.communicate(timeout=120)
+    s = json.loads(out.strip().splitlines()[-1])
+    return {"sent": sent, "received": s["received"], "kernel_drops": s["kernel_drops"], "loss": sent - s["received"],
+            "cpu_seconds": ns / 1e9, "cpu_per_million": ns / 1e3 / max(s["received"], 1)}
+
+
+def serve_drain(cap):
+    srv = Serve()
+    try:
+        ns, sent = drain(cap, srv.p.pid, srv.udp)
+        received = srv.received()
+        return {"sent": sent, "received": received, "kernel_drops": srv.kernel_drops(), "loss": sent - received,
+                "cpu_seconds": ns / 1e9, "cpu_per_million": ns / 1e3 / max(received, 1)}
+    finally:
+        srv.stop()
+
+
 def full_speed(results, tmp, quick):
     """Both receivers on one capture at the sender's full speed (not paced),
     with 20,000 and with 1,000,000 devices, alternating: CPU per datagram
@@ -244,14 +326,30 @@ def full_speed(results, tmp, quick):
         # sockets (`bench engine`): the user-space part of serve's cost.
         engine = [run_json(["bench", "engine", capn], prefix=RECEIVER)["cpu_ns_per_datagram"]
                   for _ in range(1 if quick else 3)]
+        # The same recording drained from a full queue, in bursts (see
+        # drain): both receivers read full batches, whatever the sender.
+        sat_sinks, sat_serves = [], []
+        for i in range(1 if quick else 3):
+            sat_sinks.append(sink_drain(capn))
+            sat_serves.append(serve_drain(capn))
+            log(f"   {devices} devices, saturated round {i + 1}: sink {sat_sinks[-1]['cpu_per_million']:.2f} CPU-s/M "
+                f"(lost {sat_sinks[-1]['loss']}); serve {sat_serves[-1]['cpu_per_million']:.2f} CPU-s/M "
+                f"(lost {sat_serves[-1]['loss']})")
         os.remove(capn)
         med = lambda xs: sorted(xs)[len(xs) // 2]
         sink_cpu = med([t["cpu_per_million"] for t in sinks])
         serve_cpu = med([t["cpu_per_million"] for t in serves])
+        sat_sink = med([t["cpu_per_million"] for t in sat_sinks])
+        sat_serve = med([t["cpu_per_million"] for t in sat_serves])
         out[str(devices)] = {"frames_per_device": frames, "capture_datagrams": c["sent"], "sink": sinks,
                              "serve": serves, "sink_cpu_per_million": sink_cpu,
                              "serve_cpu_per_million": serve_cpu, "ratio": serve_cpu / max(sink_cpu, 1e-9),
-                             "engine_ns_per_datagram": engine, "engine_ns_median": med(engine)}
+                             "engine_ns_per_datagram": engine, "engine_ns_median": med(engine),
+                             "saturated": {"burst": BURST, "sink": sat_sinks, "serve": sat_serves,
+                                           "sink_cpu_per_million": sat_sink, "serve_cpu_per_million": sat_serve,
+                                           "ratio": sat_serve / max(sat_sink, 1e-9)}}
+        log(f"   {devices} devices: draining a full queue, serve / bare receiver {sat_serve / max(sat_sink, 1e-9):.2f} "
+            f"(medians {sat_serve:.2f} / {sat_sink:.2f})")
         log(f"   {devices} devices: decode + policy + engine without sockets {med(engine):.0f} ns per datagram")
         log(f"   {devices} devices: serve / bare receiver CPU per datagram {serve_cpu / max(sink_cpu, 1e-9):.2f} "
             f"(medians {serve_cpu:.2f} / {sink_cpu:.2f})")
@@ -627,6 +725,11 @@ def render(r):
         if "engine_ns_median" in f:
             L.append(f"| ... of which decode, policy and engine, the same recording without sockets (`bench engine`, median of {len(f['engine_ns_per_datagram'])}) | "
                      f"{f['engine_ns_median']:.0f} ns per datagram |")
+        sat = f.get("saturated")
+        if sat:
+            L.append(f"| ... the same recording drained from a full queue (bursts of {sat['burst']:,} while the receiver is stopped; median of {len(sat['serve'])}) | "
+                     f"{sat['ratio']:.2f} ({sat['serve_cpu_per_million']:.2f} / {sat['sink_cpu_per_million']:.2f} CPU-s per million; lost "
+                     f"{sum(t['loss'] for t in sat['serve'])} / {sum(t['loss'] for t in sat['sink'])}) |")
     q = r["quic_vs_udp"]
     L.append(f"| sim over UDP (sendmmsg, 100 devices; server and sim not pinned) | {q['udp_rate']:,.0f} accepted/s (median) |")
     drops = sum(t.get("quinn_buffer_drops", 0) for t in q["quic"])
