@@ -320,6 +320,15 @@ impl Engine {
         transitions
     }
 
+    /// Makes the next tick look at every device of every shard (tests:
+    /// what the walk of only the silent devices must agree with).
+    #[cfg(test)]
+    pub(crate) fn walk_all_next_tick(&self) {
+        for s in self.shards.iter() {
+            s.lock().walk_all_next_tick();
+        }
+    }
+
     /// Fleet totals.
     pub(crate) fn summary(&self) -> Summary {
         let mut sum = Summary { exported: self.slots.used() as u64, ..Default::default() };

@@ -79,6 +79,14 @@ pub(crate) struct Shard {
     heap_bytes: usize,
     /// The frames applied since the journal last took them.
     pub(crate) log: ShardLog,
+    /// Devices heard from since the last tick while offline (or new), which
+    /// the tick takes online (an id may be there more than once).
+    came_online: Vec<u32>,
+    /// Devices the last tick found online (`was_online`).
+    online: usize,
+    /// The next tick looks at every device, not only the silent ones
+    /// (restored devices have not been looked at).
+    walk_all: bool,
 }
 
 impl Shard {
@@ -259,6 +267,9 @@ impl Shard {
             self.index.insert(moved_id, i);
         }
         let gone = self.devices.swap_remove(i as usize);
+        if gone.was_online {
+            self.online -= 1;
+        }
         self.heap_bytes = self.heap_bytes.saturating_sub(gone.heap_bytes());
         // Its awaited frames will never be accounted now: confirmed lost.
         self.totals.pending = self.totals.pending.saturating_sub(gone.seq.pending());
@@ -317,6 +328,9 @@ impl Shard {
             return;
         }
         d.exported = false;
+        // Looked at by the next tick (which walks every device then).
+        d.was_online = false;
+        self.walk_all = true;
         self.heap_bytes += d.heap_bytes();
         let i = self.devices.len() as u32;
         self.index.insert(d.id, i);
@@ -373,10 +387,21 @@ impl Shard {
     ) -> (Applied, isize) {
         let frame = &a.frame;
         let totals = &mut self.totals;
+        let tracked = self.devices.len();
         let d = &mut self.devices[i as usize];
         if !d.exported && slots.take() {
             d.exported = true;
             self.exported.insert(d.id);
+        }
+        if !d.was_online {
+            // Heard from while offline (or new): the next tick takes it
+            // online. A device says so with each frame until then, so past
+            // one entry per device the next tick walks them all instead.
+            if self.came_online.len() < tracked {
+                self.came_online.push(d.id);
+            } else {
+                self.walk_all = true;
+            }
         }
         // A device clock beyond max_future is no clock: the frame is taken
         // at the arrival time, like one without a timestamp (so one frame
@@ -484,7 +509,73 @@ impl Shard {
     /// longer than the series TTL, counts online devices and appends the
     /// devices that went online or offline since the last tick to
     /// `transitions` (id, now online).
+    ///
+    /// Devices come online with a frame (`apply` notes those that were
+    /// offline); they go offline or past their series TTL only after a
+    /// silence of at least `offline_after` or `series_ttl`. So the tick
+    /// looks at the devices noted, and at the devices silent that long:
+    /// from the least recently seen end of the eviction list, up to the
+    /// first heard from since. With every device
+    /// reporting, that is none of them, not the whole shard (a walk of a
+    /// million devices a second was the costliest work of the receive
+    /// path's thread at that fleet size; BENCHMARKS.md).
     pub(crate) fn tick(
+        &mut self,
+        now_ms: u64,
+        cfg: &EngineConfig,
+        slots: &ExportSlots,
+        transitions: &mut Vec<(u32, bool)>,
+    ) {
+        let mut came = std::mem::take(&mut self.came_online);
+        for &id in &came {
+            // Still here (not evicted since), and not already taken online.
+            let Some(i) = self.index.get(id) else { continue };
+            let Some(d) = self.devices.get_mut(i as usize) else { continue };
+            if !d.was_online && d.online(now_ms, cfg) {
+                d.was_online = true;
+                self.online += 1;
+                transitions.push((id, true));
+            }
+        }
+        came.clear();
+        self.came_online = came;
+        if std::mem::take(&mut self.walk_all) {
+            self.tick_all(now_ms, cfg, slots, transitions);
+            return;
+        }
+        // Silent for less than this: online, and within the series TTL.
+        let fresh = cfg.offline_after_ms.min(cfg.series_ttl_ms);
+        let mut i = self.tail;
+        while let (Some(d), Some(l)) =
+            (self.devices.get_mut(i as usize), self.links.get(i as usize))
+        {
+            let silent = now_ms.saturating_sub(d.last_seen_ms);
+            if silent <= fresh {
+                break;
+            }
+            if d.was_online && !d.online(now_ms, cfg) {
+                d.was_online = false;
+                self.online -= 1;
+                transitions.push((d.id, false));
+            }
+            if d.exported && silent > cfg.series_ttl_ms {
+                d.exported = false;
+                self.exported.remove(&d.id);
+                slots.give_back();
+            }
+            i = l.prev;
+        }
+        self.totals.online = self.online as u64;
+    }
+
+    /// Makes the next tick look at every device.
+    #[cfg(test)]
+    pub(crate) fn walk_all_next_tick(&mut self) {
+        self.walk_all = true;
+    }
+
+    /// [`Self::tick`] looking at every device.
+    fn tick_all(
         &mut self,
         now_ms: u64,
         cfg: &EngineConfig,
@@ -507,6 +598,7 @@ impl Shard {
                 slots.give_back();
             }
         }
-        self.totals.online = online;
+        self.online = online;
+        self.totals.online = online as u64;
     }
 }

@@ -774,3 +774,56 @@ fn odometers_of_simulated_routes_stay_within_the_stated_bound_of_haversine() {
         "{total} m against {reference} m (bound {bound} m)"
     );
 }
+
+#[test]
+fn upkeep_of_the_silent_devices_agrees_with_a_walk_of_all() {
+    // Two engines get the same frames; before each tick one is told to
+    // look at every device (as upkeep always did), the other looks only at
+    // the devices noted since and the silent ones. Devices come and go
+    // (small shards evict), fall silent for longer than offline_after and
+    // the series TTL, and come back: the transitions, the online count and
+    // the export slots must agree at every tick.
+    let cfg = EngineConfig {
+        max_devices_per_shard: 40,
+        max_exported_devices: 60,
+        offline_after_ms: 60_000,
+        series_ttl_ms: 120_000,
+        ..EngineConfig::default()
+    };
+    let (walk, all) = (engine(cfg.clone()), engine(cfg));
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut now = T0;
+    let mut seq = std::collections::HashMap::new();
+    let (mut transitions, mut went_offline) = (0usize, 0usize);
+    for step in 0..3_000 {
+        now += rnd(20_000);
+        // A few devices of 250 send; some of them often, most rarely.
+        for _ in 0..rnd(12) {
+            let id = if rnd(3) == 0 { 1 + rnd(20) } else { 1 + rnd(250) } as u32;
+            let s = seq.entry(id).or_insert(0u32);
+            *s += 1;
+            let f = Frame::new(id, *s, 0, Body::Position(pos(48.0, 11.0)));
+            send(&walk, now, f);
+            send(&all, now, f);
+        }
+        if step % 3 == 0 {
+            all.walk_all_next_tick();
+            let (mut a, mut b) = (walk.tick(now), all.tick(now));
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b, "transitions at step {step}");
+            transitions += a.len();
+            went_offline += a.iter().filter(|t| !t.1).count();
+            let (sa, sb) = (walk.summary(), all.summary());
+            assert_eq!((sa.totals.online, sa.exported), (sb.totals.online, sb.exported));
+            assert_eq!(sa.devices, sb.devices);
+        }
+    }
+    assert!(transitions > 1_000 && went_offline > 300, "{transitions} {went_offline}");
+}
