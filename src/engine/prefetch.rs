@@ -2,9 +2,10 @@
 //! so that the cache misses of a batch's devices overlap instead of
 //! queueing one after another (see `Engine::ingest`).
 //!
-//! The only `unsafe` of the engine, and the only one outside
-//! `transport/sys.rs`: the prefetch intrinsic is marked unsafe because it
-//! is an SSE instruction, not because of what it does.
+//! The only `unsafe` of the engine (the others are `transport/sys.rs` and
+//! the CRC32 instruction in `ingest/crc.rs`): the prefetch intrinsic is
+//! marked unsafe because it is an SSE instruction, not because of what it
+//! does.
 #![allow(unsafe_code)]
 
 /// Asks for every cache line of `*x` to be loaded. A hint only: it reads

@@ -2,7 +2,8 @@
 //! `sendmmsg(2)`, `SO_RCVBUFFORCE`, receive timestamps (`SO_TIMESTAMPNS`
 //! and their control messages) and a thread's nice value
 //! (`setpriority(2)`). The server's `unsafe` code, but for one prefetch
-//! hint in `engine/prefetch.rs`; every block says why it is sound.
+//! hint in `engine/prefetch.rs` and the CRC32 instruction in
+//! `ingest/crc.rs`; every block says why it is sound.
 #![allow(unsafe_code)]
 
 use std::io;
