@@ -1,8 +1,9 @@
 //! A shard's index of its devices: device id to slab index.
 //!
 //! Open addressing with linear probing over 8-byte slots, each the id in
-//! its low half and the slab index in its high half (0 is an empty slot:
-//! no device has id 0, the decoder refuses it), kept at most half full, so
+//! its low half and the slab index in its high half (all ones is an empty
+//! slot: no slab index is `u32::MAX`, the eviction list's end marker),
+//! kept at most half full, so
 //! that a lookup almost always reads one cache line (eight slots). That
 //! line is known from the id alone, before the lookup: `Engine::ingest`
 //! asks for the lines of a whole batch first, so their misses overlap,
@@ -27,8 +28,7 @@ pub(crate) type IdHasher = foldhash::fast::RandomState;
 /// Device id to slab index.
 #[derive(Clone)]
 pub(crate) struct IdIndex {
-    /// `(slab index << 32) | id`, or 0 for an empty slot. A power of two
-    /// long.
+    /// `(slab index << 32) | id`, or [`EMPTY`]. A power of two long.
     slots: Vec<u64>,
     len: usize,
     hasher: IdHasher,
@@ -49,6 +49,9 @@ impl Default for IdIndex {
 /// Slots of a new index.
 const MIN_SLOTS: usize = 16;
 
+/// An empty slot (slab index `u32::MAX`, which no device has).
+const EMPTY: u64 = u64::MAX;
+
 fn id_of(slot: u64) -> u32 {
     slot as u32
 }
@@ -60,7 +63,7 @@ fn value_of(slot: u64) -> u32 {
 impl IdIndex {
     /// An empty index hashing ids with `hasher`.
     pub(crate) fn new(hasher: IdHasher) -> Self {
-        IdIndex { slots: vec![0; MIN_SLOTS], len: 0, hasher }
+        IdIndex { slots: vec![EMPTY; MIN_SLOTS], len: 0, hasher }
     }
 
     /// The hash of `id` (for [`Self::prefetch`] and [`Self::get_hashed`]).
@@ -108,7 +111,7 @@ impl IdIndex {
         // At most half full: an empty slot ends every probe.
         loop {
             match self.slots[i] {
-                0 => return (i, false),
+                EMPTY => return (i, false),
                 s if id_of(s) == id => return (i, true),
                 _ => i = (i + 1) & mask,
             }
@@ -135,11 +138,9 @@ impl IdIndex {
         self.find(id).1
     }
 
-    /// Sets the slab index of `id` (0 is not an id: ignored).
+    /// Sets the slab index of `id` (`value` below `u32::MAX`).
     pub(crate) fn insert(&mut self, id: u32, value: u32) {
-        if id == 0 {
-            return;
-        }
+        debug_assert!(value != u32::MAX, "not a slab index");
         let (i, found) = self.find(id);
         if found {
             self.slots[i] = (u64::from(value) << 32) | u64::from(id);
@@ -166,7 +167,7 @@ impl IdIndex {
         loop {
             j = (j + 1) & mask;
             let s = self.slots[j];
-            if s == 0 {
+            if s == EMPTY {
                 break;
             }
             let home = self.home(id_of(s));
@@ -178,7 +179,7 @@ impl IdIndex {
                 hole = j;
             }
         }
-        self.slots[hole] = 0;
+        self.slots[hole] = EMPTY;
         self.len -= 1;
     }
 
@@ -193,11 +194,11 @@ impl IdIndex {
     /// Rebuilds with at least `min_slots` slots (a power of two).
     fn grow_to(&mut self, min_slots: usize) {
         let n = min_slots.max(MIN_SLOTS).next_power_of_two();
-        let old = std::mem::replace(&mut self.slots, vec![0; n]);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; n]);
         let mask = n - 1;
-        for s in old.into_iter().filter(|&s| s != 0) {
+        for s in old.into_iter().filter(|&s| s != EMPTY) {
             let mut i = self.home(id_of(s));
-            while self.slots[i] != 0 {
+            while self.slots[i] != EMPTY {
                 i = (i + 1) & mask;
             }
             self.slots[i] = s;
@@ -237,24 +238,26 @@ mod tests {
             assert_eq!(x.get(id), (id % 2 == 0).then(|| if id == 500 { 1 } else { id * 3 }));
         }
         assert_eq!(x.len(), 500);
+        // Every id is a key, 0 and u32::MAX too.
         x.insert(0, 9);
-        assert_eq!((x.get(0), x.len()), (None, 500));
+        x.insert(u32::MAX, 10);
+        assert_eq!((x.get(0), x.get(u32::MAX), x.len()), (Some(9), Some(10), 502));
+        x.remove(0);
+        assert_eq!((x.get(0), x.get(u32::MAX), x.len()), (None, Some(10), 501));
     }
 
     proptest! {
         /// Whatever the operations, the index answers what a map would.
         #[test]
         fn behaves_as_a_map(ops in proptest::collection::vec(
-            (0u8..4, prop_oneof![1u32..64, any::<u32>()], any::<u32>()), 0..600)) {
+            (0u8..4, prop_oneof![0u32..64, any::<u32>()], 0..u32::MAX), 0..600)) {
             let mut x = IdIndex::default();
             let mut m = std::collections::HashMap::new();
             for (op, id, v) in ops {
                 match op {
                     0 | 1 => {
                         x.insert(id, v);
-                        if id != 0 {
-                            m.insert(id, v);
-                        }
+                        m.insert(id, v);
                     }
                     2 => {
                         x.remove(id);
@@ -268,7 +271,7 @@ mod tests {
             for (&id, &v) in &m {
                 prop_assert_eq!(x.get(id), Some(v));
             }
-            for id in 1..64u32 {
+            for id in 0..64u32 {
                 prop_assert_eq!(x.get(id), m.get(&id).copied());
                 prop_assert_eq!(x.contains(id), m.contains_key(&id));
             }
