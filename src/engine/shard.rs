@@ -87,12 +87,19 @@ pub(crate) struct Shard {
     /// The next tick looks at every device, not only the silent ones
     /// (restored devices have not been looked at).
     walk_all: bool,
+    /// The newest device of the run that starts at the silent end of the
+    /// eviction list (`tail`) and holds only devices that are offline and
+    /// without an export slot (NIL: no such run). A tick has nothing to
+    /// do for them until they send, which takes them out of the run (to
+    /// the head), so its walk starts after it: devices silent for good are
+    /// not looked at again every second.
+    settled: u32,
 }
 
 impl Shard {
     /// An empty shard.
     pub(crate) fn new() -> Self {
-        Shard { head: NIL, tail: NIL, ..Default::default() }
+        Shard { head: NIL, tail: NIL, settled: NIL, ..Default::default() }
     }
 
     /// An empty shard with room for `devices` devices in its slab, which
@@ -240,7 +247,17 @@ impl Shard {
         self.head = i;
     }
 
+    /// Takes device `i` out of the settled run (see [`Self::settled`]):
+    /// before it leaves its place in the eviction list or hears again.
+    fn unsettle(&mut self, i: u32) {
+        if self.settled == i {
+            // Its older neighbour ends the run now (NIL: it was the tail).
+            self.settled = self.links[i as usize].next;
+        }
+    }
+
     fn touch(&mut self, i: u32) {
+        self.unsettle(i);
         if self.head != i {
             self.unlink(i);
             self.push_front(i);
@@ -249,9 +266,13 @@ impl Shard {
 
     /// Removes the device at slab index `i`, moving the last one into its place.
     fn remove_at(&mut self, i: u32, slots: &ExportSlots) {
+        self.unsettle(i);
         self.unlink(i);
         let last = (self.devices.len() - 1) as u32;
         if last != i {
+            if self.settled == last {
+                self.settled = i;
+            }
             // Re-point the moved device's neighbours and index entry.
             let Link { prev, next } = self.links[last as usize];
             match prev {
@@ -331,6 +352,7 @@ impl Shard {
         // Looked at by the next tick (which walks every device then).
         d.was_online = false;
         self.walk_all = true;
+        self.settled = NIL;
         self.heap_bytes += d.heap_bytes();
         let i = self.devices.len() as u32;
         self.index.insert(d.id, i);
@@ -514,8 +536,9 @@ impl Shard {
     /// offline); they go offline or past their series TTL only after a
     /// silence of at least `offline_after` or `series_ttl`. So the tick
     /// looks at the devices noted, and at the devices silent that long:
-    /// from the least recently seen end of the eviction list, up to the
-    /// first heard from since. With every device
+    /// from the least recently seen end of the eviction list (after the
+    /// run of devices already offline and without an export slot there),
+    /// up to the first heard from since. With every device
     /// reporting, that is none of them, not the whole shard (a walk of a
     /// million devices a second was the costliest work of the receive
     /// path's thread at that fleet size; BENCHMARKS.md).
@@ -545,7 +568,13 @@ impl Shard {
         }
         // Silent for less than this: online, and within the series TTL.
         let fresh = cfg.offline_after_ms.min(cfg.series_ttl_ms);
-        let mut i = self.tail;
+        // From the newest settled device on (they stay settled until they
+        // send), extending the run while the devices met are settled.
+        let mut i = match self.settled {
+            NIL => self.tail,
+            s => self.links[s as usize].prev,
+        };
+        let mut extend = true;
         while let (Some(d), Some(l)) =
             (self.devices.get_mut(i as usize), self.links.get(i as usize))
         {
@@ -562,6 +591,10 @@ impl Shard {
                 d.exported = false;
                 self.exported.remove(&d.id);
                 slots.give_back();
+            }
+            extend &= !d.was_online && !d.exported;
+            if extend {
+                self.settled = i;
             }
             i = l.prev;
         }
@@ -583,6 +616,8 @@ impl Shard {
         transitions: &mut Vec<(u32, bool)>,
     ) {
         let mut online = 0;
+        // The next incremental tick finds the settled run again.
+        self.settled = NIL;
         for d in &mut self.devices {
             let on = d.online(now_ms, cfg);
             if on {

@@ -827,3 +827,40 @@ fn upkeep_of_the_silent_devices_agrees_with_a_walk_of_all() {
     }
     assert!(transitions > 1_000 && went_offline > 300, "{transitions} {went_offline}");
 }
+
+#[test]
+fn upkeep_follows_a_settled_device_moved_by_an_eviction() {
+    // Three devices fall silent for good and are passed by upkeep (offline,
+    // no export slot); a fourth evicts the oldest, and the newest silent
+    // one moves into its slab place. The fourth goes offline in its turn:
+    // upkeep must still find it, as a walk of all does.
+    let cfg = EngineConfig {
+        max_devices_per_shard: 3,
+        offline_after_ms: 60_000,
+        series_ttl_ms: 120_000,
+        ..EngineConfig::default()
+    };
+    let (walk, all) = (Engine::new(cfg.clone(), 1), Engine::new(cfg, 1));
+    let both = |now: u64, id: u32| {
+        let f = Frame::new(id, 1, 0, Body::Position(pos(48.0, 11.0)));
+        send(&walk, now, f);
+        send(&all, now, f);
+    };
+    let tick = |now: u64| {
+        all.walk_all_next_tick();
+        let (mut a, mut b) = (walk.tick(now), all.tick(now));
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b, "transitions at {now}");
+        assert_eq!(walk.summary().totals.online, all.summary().totals.online);
+        a
+    };
+    for id in 1..=3 {
+        both(T0, id);
+    }
+    assert_eq!(tick(T0 + 1_000).len(), 3);
+    assert_eq!(tick(T0 + 200_000), vec![(1, false), (2, false), (3, false)]);
+    both(T0 + 201_000, 4);
+    assert_eq!(tick(T0 + 202_000), vec![(4, true)]);
+    assert_eq!(tick(T0 + 300_000), vec![(4, false)]);
+}
