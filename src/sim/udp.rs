@@ -50,9 +50,6 @@ impl BatchSender {
     }
 }
 
-/// Sends `datagrams` to `target` `loops` times with `sendmmsg(2)` in
-/// batches, at `rate` datagrams per second (0 = as fast as the socket
-/// takes them). Returns the number sent.
 /// Sends `datagrams` in bursts of `n`, each when a line arrives on
 /// standard input (until it closes or the datagrams run out), and prints
 /// `sent <total>` on standard output once a burst has gone.
@@ -80,6 +77,9 @@ pub(crate) fn send_bursts(
     Ok(sent)
 }
 
+/// Sends `datagrams` to `target` `loops` times with `sendmmsg(2)` in
+/// batches, at `rate` datagrams per second (0 = as fast as the socket
+/// takes them). Returns the number sent.
 pub(crate) fn send_all(
     target: SocketAddr,
     datagrams: &[Vec<u8>],
