@@ -843,8 +843,8 @@ fn ingest_delay_counts_exactly_the_accepted_datagrams() {
             assert!(mean.abs() < 60.0, "{h}: mean {mean} s");
         }
     }
-    // The delays are real: the kernel stamped each datagram before the
-    // engine applied it, well under a second on loopback.
+    // The delays are real: the kernel noted each batch's arrival before
+    // the engine applied it, well under a second on loopback.
     let under_1s = get("fleetwire_ingest_delay_seconds_bucket", &[("le", "1")]);
     assert_eq!(under_1s as u64, sent);
 }

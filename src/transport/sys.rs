@@ -1,6 +1,5 @@
 //! The system calls the standard library does not wrap: `recvmmsg(2)`,
-//! `sendmmsg(2)`, `SO_RCVBUFFORCE`, receive timestamps (`SO_TIMESTAMPNS`
-//! and their control messages) and a thread's nice value
+//! `sendmmsg(2)`, `SO_RCVBUFFORCE`, receive timestamps (`SIOCGSTAMPNS`) and a thread's nice value
 //! (`setpriority(2)`). The server's `unsafe` code, but for one prefetch
 //! hint in `engine/prefetch.rs` and the CRC32 instruction in
 //! `ingest/crc.rs`; every block says why it is sound.
@@ -81,22 +80,47 @@ pub(crate) fn sendmmsg(socket: &UdpSocket, datagrams: &[Vec<u8>]) -> io::Result<
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
 }
 
-/// Asks the kernel to stamp every datagram the socket receives with the
-/// time it arrived (`SO_TIMESTAMPNS`, `CLOCK_REALTIME` nanoseconds), which
-/// [`Batch::received_ns`] reads from the control messages.
+/// `SIOCGSTAMPNS` (linux/sockios.h; `SIOCGSTAMPNS_OLD`, whose timespec
+/// is the 64-bit one on 64-bit targets): the receive time of the last
+/// datagram read from a socket. The libc crate does not define it.
+const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
+
+/// Asks the kernel to note when each datagram the socket receives arrived
+/// (`CLOCK_REALTIME`), for [`last_received_ns`]. The first `SIOCGSTAMPNS`
+/// turns this on (`SOCK_TIMESTAMP`); from then on, reading a datagram costs
+/// the kernel one store of its time into the socket. `SO_TIMESTAMPNS`
+/// instead formats a control message for every datagram read (even one
+/// without room for it): about 0.1 CPU-µs per datagram when draining a
+/// full queue, on a receive path of about 1.1 (BENCHMARKS.md).
 pub(crate) fn enable_receive_timestamps(socket: &UdpSocket) -> io::Result<()> {
-    set_socket_int(socket.as_raw_fd(), libc::SO_TIMESTAMPNS, 1)
+    match receive_time(socket) {
+        // No datagram read yet: expected on a new socket.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
-/// Datagrams of a batch that get a receive timestamp: the first and every
-/// STAMP_EVERY-th after it. A control message for every datagram cost
-/// about 0.09 CPU-µs each at full speed, on a receive path of about 1 µs;
-/// every 8th costs about 0.025 (BENCHMARKS.md).
-pub(crate) const STAMP_EVERY: usize = 8;
+/// When the kernel received the last datagram read from `socket` (Unix
+/// nanoseconds, `CLOCK_REALTIME`); 0 when unknown (none read yet, or
+/// [`enable_receive_timestamps`] failed). One system call: ask once per
+/// batch.
+pub(crate) fn last_received_ns(socket: &UdpSocket) -> u64 {
+    receive_time(socket).unwrap_or(0)
+}
 
-/// Control-message space per datagram: room for one `SCM_TIMESTAMPNS`
-/// (a cmsghdr and a timespec, 32 bytes on 64-bit Linux) and then some.
-const CONTROL: usize = 64;
+fn receive_time(socket: &UdpSocket) -> io::Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: SIOCGSTAMPNS writes one timespec into the struct we pass; a
+    // socket descriptor the caller owns.
+    let r = unsafe { libc::ioctl(socket.as_raw_fd(), SIOCGSTAMPNS as _, &mut ts) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec)) {
+        (Ok(s), Ok(n)) => Ok(s.saturating_mul(1_000_000_000).saturating_add(n)),
+        _ => Ok(0),
+    }
+}
 
 /// Preallocated buffers and headers for one `recvmmsg` call.
 pub(crate) struct Batch {
@@ -104,8 +128,6 @@ pub(crate) struct Batch {
     bufs: Vec<u8>,
     iovecs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
-    /// Control messages, 8-byte aligned as cmsghdr needs.
-    control: Vec<[u64; CONTROL / 8]>,
     hdrs: Vec<libc::mmsghdr>,
     /// Headers the last call filled (to reset before the next).
     filled: usize,
@@ -125,24 +147,21 @@ impl Batch {
             .chunks_mut(slot)
             .map(|c| libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() })
             .collect();
-        let mut control = vec![[0u64; CONTROL / 8]; n];
         let hdrs = iovecs
             .iter_mut()
             .zip(addrs.iter_mut())
-            .zip(control.iter_mut())
-            .map(|((iov, addr), ctl)| {
+            .map(|(iov, addr)| {
                 // SAFETY: mmsghdr is plain old data; all-zero is valid.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 h.msg_hdr.msg_iov = iov;
                 h.msg_hdr.msg_iovlen = 1;
                 h.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
                 h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-                h.msg_hdr.msg_control = ctl.as_mut_ptr().cast();
                 h
             })
             .collect();
         // Every header as `recv` resets them.
-        Batch { slot, bufs, iovecs, addrs, control, hdrs, filled: n }
+        Batch { slot, bufs, iovecs, addrs, hdrs, filled: n }
     }
 
     /// Reads up to a batch of datagrams. With `block`, waits (up to the
@@ -152,11 +171,8 @@ impl Batch {
         // The kernel wrote into the headers of the datagrams it returned
         // last time (and of the one it may have failed on) only: the
         // others still hold what was set below.
-        for (i, h) in self.hdrs.iter_mut().enumerate().take(self.filled + 1) {
+        for h in self.hdrs.iter_mut().take(self.filled + 1) {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            // Room for a timestamp in every STAMP_EVERY-th datagram only:
-            // the kernel skips the control message where there is none.
-            h.msg_hdr.msg_controllen = if i % STAMP_EVERY == 0 { CONTROL as _ } else { 0 };
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
@@ -188,41 +204,8 @@ impl Batch {
         let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         let start = i * self.slot;
         let source = sockaddr(&self.addrs[i]);
-        let _ = (&self.iovecs, &self.control);
+        let _ = &self.iovecs;
         (&self.bufs[start..start + len], truncated, source)
-    }
-
-    /// When the kernel received datagram `i` of the last call (Unix
-    /// nanoseconds, `CLOCK_REALTIME`), if the socket asked for receive
-    /// timestamps ([`enable_receive_timestamps`]) and `i` is a multiple of
-    /// [`STAMP_EVERY`]; 0 otherwise.
-    pub(crate) fn received_ns(&self, i: usize) -> u64 {
-        let Some(h) = self.hdrs.get(i) else { return 0 };
-        let m = &h.msg_hdr;
-        // SAFETY: the kernel set msg_controllen to the bytes it wrote into
-        // our CONTROL-byte buffer (never more); CMSG_FIRSTHDR and
-        // CMSG_NXTHDR stay inside that length, and each header's data is
-        // read unaligned, as a timespec only when its level, type and
-        // length say it holds one.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(m);
-            while !c.is_null() {
-                let want = libc::CMSG_LEN(std::mem::size_of::<libc::timespec>() as u32) as usize;
-                if (*c).cmsg_level == libc::SOL_SOCKET
-                    && (*c).cmsg_type == libc::SCM_TIMESTAMPNS
-                    && (*c).cmsg_len as usize >= want
-                {
-                    let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
-                    let (sec, nsec) = (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec));
-                    return match (sec, nsec) {
-                        (Ok(s), Ok(n)) => s.saturating_mul(1_000_000_000).saturating_add(n),
-                        _ => 0,
-                    };
-                }
-                c = libc::CMSG_NXTHDR(m, c);
-            }
-        }
-        0
     }
 }
 

@@ -38,6 +38,9 @@ pub(crate) struct BoundUdp {
     /// SO_RCVBUF as the kernel reports it (Linux doubles the request for
     /// bookkeeping overhead).
     pub(crate) granted_buffer: usize,
+    /// Whether the kernel notes receive times for it
+    /// ([`sys::enable_receive_timestamps`]).
+    pub(crate) stamped: bool,
 }
 
 impl BoundUdp {
@@ -91,11 +94,11 @@ pub(crate) fn bind_for(
     }
     socket.bind(&SockAddr::from(addr))?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-    Ok(BoundUdp { socket: socket.into(), granted_buffer: granted })
+    Ok(BoundUdp { socket: socket.into(), granted_buffer: granted, stamped: false })
 }
 
 /// Binds `threads` sockets on `addr` (all on the port the first one got, so
-/// port 0 works), each asking for kernel receive timestamps (for
+/// port 0 works), each asking for kernel receive times (for
 /// `fleetwire_ingest_delay_seconds`).
 pub(crate) fn bind_all(
     addr: SocketAddr,
@@ -108,12 +111,13 @@ pub(crate) fn bind_all(
     for _ in 1..threads {
         all.push(bind_for("UDP ingest", actual, recv_buffer, true)?);
     }
-    for b in &all {
-        if let Err(e) = sys::enable_receive_timestamps(&b.socket) {
-            tracing::warn!(
+    for b in &mut all {
+        match sys::enable_receive_timestamps(&b.socket) {
+            Ok(()) => b.stamped = true,
+            Err(e) => tracing::warn!(
                 error = %e,
                 "no kernel receive timestamps: fleetwire_ingest_delay_seconds stays empty"
-            );
+            ),
         }
     }
     Ok(all)
@@ -160,7 +164,7 @@ impl UdpReceivers {
             let (pipeline, stop, batch) = (pipeline.clone(), stop.clone(), cfg.batch);
             let h = std::thread::Builder::new()
                 .name(format!("udp-rx-{i}"))
-                .spawn(move || receive_loop(&b.socket, batch, &pipeline, &stop))?;
+                .spawn(move || receive_loop(&b.socket, b.stamped, batch, &pipeline, &stop))?;
             threads.push(h);
         }
         Ok(UdpReceivers { threads })
@@ -174,7 +178,13 @@ impl UdpReceivers {
     }
 }
 
-fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &CancellationToken) {
+fn receive_loop(
+    socket: &UdpSocket,
+    stamped: bool,
+    batch: usize,
+    pipeline: &Pipeline,
+    stop: &CancellationToken,
+) {
     if let Err(e) = sys::set_thread_nice(sys::RECEIVE_NICE) {
         tracing::debug!(error = %e, "UDP receive thread keeps the default priority");
     }
@@ -202,10 +212,13 @@ fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &Ca
                 let now = now_ms();
                 let mut views: arrayvec::ArrayVec<Datagram<'_>, { sys::MAX_BATCH }> =
                     arrayvec::ArrayVec::new();
-                let stamps = Stamps::of(&rx, n);
+                // When the batch's last datagram arrived, asked once for
+                // the batch. The queue is first in, first out: the others
+                // arrived before it (and after the previous batch's last),
+                // so their delay is under-stated by at most that interval.
+                let received_ns = if stamped { sys::last_received_ns(socket) } else { 0 };
                 for i in 0..n {
                     let (bytes, truncated, source) = rx.get(i);
-                    let received_ns = stamps.at(i);
                     if views
                         .try_push(Datagram {
                             bytes,
@@ -241,41 +254,6 @@ fn receive_loop(socket: &UdpSocket, batch: usize, pipeline: &Pipeline, stop: &Ca
     }
 }
 
-/// The kernel's receive times of a batch: it stamps every
-/// [`sys::STAMP_EVERY`]-th datagram; the socket queue is first in, first
-/// out, so a datagram between two stamped ones arrived between their
-/// times (interpolated), and one after the last stamped arrived after it
-/// (given the last stamp: its delay is over-stated by at most the gap).
-struct Stamps {
-    /// (index, Unix ns) of the stamped datagrams, ascending.
-    known: arrayvec::ArrayVec<(usize, u64), { sys::MAX_BATCH / sys::STAMP_EVERY + 1 }>,
-}
-
-impl Stamps {
-    fn of(rx: &sys::Batch, n: usize) -> Stamps {
-        let mut known = arrayvec::ArrayVec::new();
-        for i in (0..n).step_by(sys::STAMP_EVERY) {
-            let ns = rx.received_ns(i);
-            if ns != 0 && known.try_push((i, ns)).is_err() {
-                break;
-            }
-        }
-        Stamps { known }
-    }
-
-    /// Datagram `i`'s receive time, 0 when unknown (no timestamps).
-    fn at(&self, i: usize) -> u64 {
-        let k = self.known.partition_point(|&(j, _)| j <= i);
-        match (k.checked_sub(1).and_then(|k| self.known.get(k)), self.known.get(k)) {
-            (Some(&(a, ta)), Some(&(b, tb))) if b > a && tb >= ta => {
-                ta + (tb - ta).saturating_mul((i - a) as u64) / (b - a) as u64
-            }
-            (Some(&(_, ta)), _) => ta,
-            _ => 0,
-        }
-    }
-}
-
 /// Kernel drop counters of UDP sockets, from `/proc/net/udp` and
 /// `/proc/net/udp6` (the `drops` column of each socket, by inode).
 pub(crate) fn kernel_drops(sockets: &[u64]) -> u64 {
@@ -307,18 +285,34 @@ pub(crate) fn inode(socket: &UdpSocket) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The kernel's receive time of a batch is that of its last datagram:
+    /// after it was sent, before it was read, and not that of an earlier one.
     #[test]
-    fn unstamped_datagrams_are_placed_between_their_stamped_neighbours() {
-        let mut known = arrayvec::ArrayVec::new();
-        known.push((0, 1_000));
-        known.push((8, 1_800));
-        let s = Stamps { known };
-        assert_eq!(s.at(0), 1_000);
-        assert_eq!(s.at(4), 1_400);
-        assert_eq!(s.at(8), 1_800);
-        // After the last stamp: its time (the delay over-stated, never under).
-        assert_eq!(s.at(11), 1_800);
-        // No timestamps at all: unknown.
-        assert_eq!(Stamps { known: arrayvec::ArrayVec::new() }.at(3), 0);
+    fn a_batch_is_stamped_with_its_last_datagrams_arrival() {
+        let rx = bind_all("127.0.0.1:0".parse().unwrap(), 1 << 20, 1).unwrap().remove(0);
+        assert!(rx.stamped);
+        assert_eq!(sys::last_received_ns(&rx.socket), 0, "nothing read yet");
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        let mut batch = sys::Batch::new(8, SLOT);
+        let unix_ns = || crate::clock::now_ns();
+        tx.send(b"first").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let before_last = unix_ns();
+        tx.send(b"last").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let mut got = 0;
+        while got < 2 {
+            got += batch.recv(&rx.socket, true).unwrap();
+        }
+        let after = unix_ns();
+        let stamp = sys::last_received_ns(&rx.socket);
+        assert!(
+            (before_last..=after).contains(&stamp),
+            "{before_last} <= {stamp} <= {after} (the first was sent 20 ms earlier)"
+        );
+        // A socket that did not ask has no receive times.
+        let plain = bind_for("test", "127.0.0.1:0".parse().unwrap(), 1 << 20, false).unwrap();
+        assert!(!plain.stamped);
     }
 }
