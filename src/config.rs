@@ -483,8 +483,8 @@ impl Config {
     }
 
     /// Shards actually used: `engine_shards` rounded up to a power of two,
-    /// but never more than `max_devices` (each shard holds
-    /// `max_devices / shards` devices, so the total never exceeds it).
+    /// but never more than `max_devices` (so that every shard has a share
+    /// of at least one device).
     pub(crate) fn effective_shards(&self) -> usize {
         let mut n = self.engine_shards.clamp(1, 1024).next_power_of_two();
         while n > 1 && n > self.max_devices {
@@ -503,7 +503,8 @@ impl Config {
             offline_after_max_ms: ms(self.offline_after_max),
             series_ttl_ms: ms(self.series_ttl),
             max_exported_devices: self.max_exported_devices,
-            max_devices_per_shard: (self.max_devices / shards).max(1),
+            max_devices: self.max_devices,
+            max_devices_per_shard: (2 * self.max_devices / shards).clamp(1, self.max_devices),
             max_speed_m_s: self.max_speed,
             relocate_after: 3,
             max_future_ms: ms(self.max_future),

@@ -17,7 +17,12 @@ pub(crate) struct EngineConfig {
     pub series_ttl_ms: u64,
     /// Most devices with exported per-device series.
     pub max_exported_devices: usize,
-    /// Most devices tracked per shard (`max_devices / shards`).
+    /// Most devices tracked, over all shards: a new device beyond it
+    /// evicts the least recently seen device of its shard.
+    pub max_devices: usize,
+    /// Most devices one shard holds (twice its share of `max_devices`): a
+    /// shard fuller than its share does not evict while the fleet is under
+    /// `max_devices`.
     pub max_devices_per_shard: usize,
     /// Fixes implying a faster speed than this are refused.
     pub max_speed_m_s: f64,
@@ -61,7 +66,8 @@ impl Default for EngineConfig {
             offline_after_max_ms: 3_600_000,
             series_ttl_ms: 600_000,
             max_exported_devices: 10_000,
-            max_devices_per_shard: 1_000_000 / 256,
+            max_devices: 1_000_000,
+            max_devices_per_shard: 2 * 1_000_000 / 256,
             max_speed_m_s: 100.0,
             relocate_after: 3,
             max_future_ms: 300_000,

@@ -42,7 +42,7 @@ use serde::Serialize;
 pub(crate) use config::EngineConfig;
 pub(crate) use device::Device;
 pub(crate) use journal::{LogChunk, RecordError};
-pub(crate) use shard::{ExportSlots, Shard};
+pub(crate) use shard::{Shard, Slots};
 pub(crate) use totals::{FilterReason, RecordKind, SEVERITIES, ShardTotals, TRANSIT_BOUNDS};
 
 /// How the engine tells a new frame from a copy.
@@ -130,7 +130,7 @@ pub(crate) struct Engine {
     shards: Box<[Mutex<Shard>]>,
     /// The hash of every shard's id index.
     hasher: index::IdHasher,
-    slots: ExportSlots,
+    slots: Slots,
     holder: OnceLock<Holder>,
     /// Heap allocations made by readers while holding a shard lock (tests).
     #[cfg(test)]
@@ -162,7 +162,7 @@ impl Engine {
         // One keyed hash of device ids for every shard's index.
         let hasher = index::IdHasher::default();
         Engine {
-            slots: ExportSlots::new(cfg.max_exported_devices),
+            slots: Slots::new(cfg.max_exported_devices, cfg.max_devices),
             shards: (0..n)
                 .map(|_| {
                     let room = cfg.max_devices_per_shard.min(ROOM_MAX / n);
@@ -331,7 +331,7 @@ impl Engine {
 
     /// Fleet totals.
     pub(crate) fn summary(&self) -> Summary {
-        let mut sum = Summary { exported: self.slots.used() as u64, ..Default::default() };
+        let mut sum = Summary { exported: self.slots.exported.used() as u64, ..Default::default() };
         // Called from low-priority threads too: held like a reader's copy.
         self.held(|| {
             for s in self.shards.iter() {
@@ -524,6 +524,16 @@ impl Engine {
     /// the vector they came in are not both whole in memory at once (1 M
     /// devices are hundreds of MB).
     pub(crate) fn restore(&self, mut devices: Vec<Device>, totals: Option<ShardTotals>) {
+        // Beyond max_devices (the configuration may have shrunk since the
+        // snapshot), the most recently seen are kept.
+        let mut dropped = 0u64;
+        let max = self.cfg.max_devices.max(1);
+        if devices.len() > max {
+            devices.select_nth_unstable_by_key(max, |d| std::cmp::Reverse(d.last_seen_ms));
+            dropped += (devices.len() - max) as u64;
+            devices.truncate(max);
+            devices.shrink_to_fit();
+        }
         // Shard by shard, most recently seen first: popping from the back
         // gives the last shard's devices least recently seen first, the
         // order they go in so that the eviction order is right.
@@ -539,7 +549,6 @@ impl Engine {
         // Per shard, keep the most recently seen devices that fit (the
         // configuration may have shrunk since the snapshot).
         let cap = self.cfg.max_devices_per_shard.max(1);
-        let mut dropped = 0u64;
         for (s, &here) in counts.iter().enumerate().rev() {
             let mut shard = self.shards[s].lock();
             shard.reserve(here.min(cap));
@@ -549,7 +558,7 @@ impl Engine {
                 if rank >= cap {
                     dropped += 1;
                 } else {
-                    shard.restore(d);
+                    shard.restore(d, &self.slots);
                 }
             }
             drop(shard);

@@ -31,29 +31,53 @@ struct Link {
     next: u32,
 }
 
-/// Slots for exported per-device series, shared by all shards.
+/// A count shared by all shards, under a cap.
 #[derive(Debug)]
-pub(crate) struct ExportSlots {
+pub(crate) struct Budget {
     used: AtomicUsize,
     cap: usize,
 }
 
-impl ExportSlots {
-    /// `cap` slots, none used.
+impl Budget {
+    /// `cap` units, none used.
     pub(crate) fn new(cap: usize) -> Self {
-        ExportSlots { used: AtomicUsize::new(0), cap }
+        Budget { used: AtomicUsize::new(0), cap }
     }
+    /// Takes a unit if one is left.
     fn take(&self) -> bool {
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| (u < self.cap).then_some(u + 1))
             .is_ok()
     }
+    /// Takes a unit even beyond the cap.
+    fn force_take(&self) {
+        self.used.fetch_add(1, Ordering::Relaxed);
+    }
     fn give_back(&self) {
         let _ = self.used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
     }
-    /// Slots in use.
+    /// Units in use.
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What all shards share.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    /// Devices with exported per-device series (`max_exported_devices`).
+    pub(crate) exported: Budget,
+    /// Devices tracked (`max_devices`). A shard may hold more than its
+    /// share while the fleet is under the cap (ids do not spread evenly:
+    /// with exactly `max_devices` devices, half the shards are above their
+    /// share), up to `max_devices_per_shard`.
+    pub(crate) devices: Budget,
+}
+
+impl Slots {
+    /// Budgets for `exported` exported devices and `devices` devices.
+    pub(crate) fn new(exported: usize, devices: usize) -> Self {
+        Slots { exported: Budget::new(exported), devices: Budget::new(devices) }
     }
 }
 
@@ -265,7 +289,7 @@ impl Shard {
     }
 
     /// Removes the device at slab index `i`, moving the last one into its place.
-    fn remove_at(&mut self, i: u32, slots: &ExportSlots) {
+    fn remove_at(&mut self, i: u32, slots: &Slots) {
         self.unsettle(i);
         self.unlink(i);
         let last = (self.devices.len() - 1) as u32;
@@ -288,6 +312,7 @@ impl Shard {
             self.index.insert(moved_id, i);
         }
         let gone = self.devices.swap_remove(i as usize);
+        slots.devices.give_back();
         if gone.was_online {
             self.online -= 1;
         }
@@ -299,20 +324,13 @@ impl Shard {
         self.sorted.remove(&gone.id);
         if gone.exported {
             self.exported.remove(&gone.id);
-            slots.give_back();
+            slots.exported.give_back();
         }
     }
 
     /// The slab index of `id`, creating the device (and evicting the least
     /// recently seen one when the shard is full).
-    fn slot_for(
-        &mut self,
-        id: u32,
-        hint: u32,
-        now_ms: u64,
-        cap: usize,
-        slots: &ExportSlots,
-    ) -> u32 {
+    fn slot_for(&mut self, id: u32, hint: u32, now_ms: u64, cap: usize, slots: &Slots) -> u32 {
         if self.devices.get(hint as usize).is_some_and(|d| d.id == id) {
             self.touch(hint);
             return hint;
@@ -321,9 +339,17 @@ impl Shard {
             self.touch(i);
             return i;
         }
-        if self.devices.len() >= cap.max(1) && self.tail != NIL {
-            self.remove_at(self.tail, slots);
-            self.totals.evicted += 1;
+        let room = self.devices.len() < cap.max(1) && slots.devices.take();
+        if !room {
+            // The shard at its own cap, or the fleet at max_devices: the
+            // shard's least recently seen device makes room, and its unit
+            // of the budget passes to the new one. (An empty shard of a
+            // full fleet takes one beyond the cap: at most one per shard.)
+            if self.tail != NIL {
+                self.remove_at(self.tail, slots);
+                self.totals.evicted += 1;
+            }
+            slots.devices.force_take();
         }
         let i = self.devices.len() as u32;
         self.devices.push(Device::new(id, now_ms));
@@ -343,11 +369,13 @@ impl Shard {
         self.links.reserve_exact(n);
     }
 
-    /// Inserts a device restored from a snapshot (no eviction, no counting).
-    pub(crate) fn restore(&mut self, mut d: Device) {
+    /// Inserts a device restored from a snapshot (no eviction, no counting
+    /// but its unit of the device budget).
+    pub(crate) fn restore(&mut self, mut d: Device, slots: &Slots) {
         if self.index.contains(d.id) {
             return;
         }
+        slots.devices.force_take();
         d.exported = false;
         // Looked at by the next tick (which walks every device then).
         d.was_online = false;
@@ -372,7 +400,7 @@ impl Shard {
         now_ms: u64,
         a: &Accepted<'_>,
         cfg: &EngineConfig,
-        slots: &ExportSlots,
+        slots: &Slots,
     ) -> Applied {
         self.apply_at(NIL, now_ms, a, cfg, slots)
     }
@@ -385,7 +413,7 @@ impl Shard {
         now_ms: u64,
         a: &Accepted<'_>,
         cfg: &EngineConfig,
-        slots: &ExportSlots,
+        slots: &Slots,
     ) -> Applied {
         self.log.record(now_ms, a);
         let frame = &a.frame;
@@ -404,14 +432,14 @@ impl Shard {
         now_ms: u64,
         a: &Accepted<'_>,
         cfg: &EngineConfig,
-        slots: &ExportSlots,
+        slots: &Slots,
         grow: bool,
     ) -> (Applied, isize) {
         let frame = &a.frame;
         let totals = &mut self.totals;
         let tracked = self.devices.len();
         let d = &mut self.devices[i as usize];
-        if !d.exported && slots.take() {
+        if !d.exported && slots.exported.take() {
             d.exported = true;
             self.exported.insert(d.id);
         }
@@ -546,7 +574,7 @@ impl Shard {
         &mut self,
         now_ms: u64,
         cfg: &EngineConfig,
-        slots: &ExportSlots,
+        slots: &Slots,
         transitions: &mut Vec<(u32, bool)>,
     ) {
         let mut came = std::mem::take(&mut self.came_online);
@@ -590,7 +618,7 @@ impl Shard {
             if d.exported && silent > cfg.series_ttl_ms {
                 d.exported = false;
                 self.exported.remove(&d.id);
-                slots.give_back();
+                slots.exported.give_back();
             }
             extend &= !d.was_online && !d.exported;
             if extend {
@@ -612,7 +640,7 @@ impl Shard {
         &mut self,
         now_ms: u64,
         cfg: &EngineConfig,
-        slots: &ExportSlots,
+        slots: &Slots,
         transitions: &mut Vec<(u32, bool)>,
     ) {
         let mut online = 0;
@@ -630,7 +658,7 @@ impl Shard {
             if d.exported && now_ms.saturating_sub(d.last_seen_ms) > cfg.series_ttl_ms {
                 d.exported = false;
                 self.exported.remove(&d.id);
-                slots.give_back();
+                slots.exported.give_back();
             }
         }
         self.online = online;

@@ -326,6 +326,70 @@ fn tracked_devices_never_exceed_the_cap_and_lru_is_evicted() {
     });
 }
 
+/// `max_devices` is the fleet's cap, not each shard's share of it: ids
+/// that crowd one shard are all kept while the fleet is under the cap; at
+/// the cap a new device evicts the least recently seen of its own shard.
+#[test]
+fn a_crowded_shard_keeps_its_devices_while_the_fleet_is_under_the_cap() {
+    let cfg =
+        EngineConfig { max_devices: 40, max_devices_per_shard: 20, ..EngineConfig::default() };
+    let e = Engine::new(cfg, 4);
+    // 16 ids of one shard (its share is 10), then 14 of the others.
+    let (crowd, others): (Vec<u32>, Vec<u32>) = (1..2000u32).partition(|&id| e.shard_of(id) == 0);
+    let mut t = T0;
+    for &id in crowd.iter().take(16).chain(others.iter().take(14)) {
+        t += 1;
+        send(&e, t, Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
+    }
+    assert_eq!((e.summary().devices, e.summary().totals.evicted), (30, 0));
+    // 10 more fill the fleet to its cap, still without eviction.
+    for &id in others.iter().skip(14).take(10) {
+        t += 1;
+        send(&e, t, Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
+    }
+    assert_eq!((e.summary().devices, e.summary().totals.evicted), (40, 0));
+    // At the cap: a new device of another shard evicts that shard's least
+    // recently seen device, not the crowded shard's.
+    let newcomer = others[30];
+    let shard = e.shard_of(newcomer);
+    let oldest = *others[..24].iter().find(|&&id| e.shard_of(id) == shard).unwrap();
+    t += 1;
+    send(&e, t, Frame::new(newcomer, 0, 0, Body::Position(pos(1.0, 1.0))));
+    assert_eq!((e.summary().devices, e.summary().totals.evicted), (40, 1));
+    assert!(e.with_device(oldest, |_| ()).is_none());
+    assert!(crowd.iter().take(16).all(|&id| e.with_device(id, |_| ()).is_some()));
+    // At the cap, the crowded shard's new devices evict its own.
+    for &id in crowd.iter().skip(16).take(10) {
+        t += 1;
+        send(&e, t, Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
+    }
+    let mut held = Vec::new();
+    e.for_each_shard(|sh| held.push(sh.len()));
+    assert_eq!((held[0], e.summary().devices, e.summary().totals.evicted), (16, 40, 11));
+    // Under the fleet's cap, a shard still holds at most
+    // max_devices_per_shard.
+    let roomy = Engine::new(EngineConfig { max_devices: 1000, ..e.config().clone() }, 4);
+    for (k, &id) in crowd.iter().take(30).enumerate() {
+        send(&roomy, T0 + k as u64, Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
+    }
+    assert_eq!((roomy.summary().devices, roomy.summary().totals.evicted), (20, 10));
+    // A snapshot with more than max_devices keeps the most recently seen.
+    let mut all = Vec::new();
+    e.for_each_shard(|sh| all.extend(sh.devices().iter().cloned()));
+    let smaller = Engine::new(EngineConfig { max_devices: 25, ..e.config().clone() }, 4);
+    let newest: Vec<u32> = {
+        let mut by_time = all.clone();
+        by_time.sort_by_key(|d| std::cmp::Reverse(d.last_seen_ms));
+        by_time.iter().take(25).map(|d| d.id).collect()
+    };
+    smaller.restore(all, None);
+    assert_eq!(smaller.summary().devices, 25);
+    assert!(newest.iter().all(|&id| smaller.with_device(id, |_| ()).is_some()));
+    // The restored devices hold the budget: the next new one evicts.
+    send(&smaller, t + 1, Frame::new(others[60], 0, 0, Body::Position(pos(1.0, 1.0))));
+    assert_eq!(smaller.summary().devices, 25);
+}
+
 #[test]
 fn export_slots_are_capped_and_expire() {
     let cfg =
