@@ -123,16 +123,16 @@ impl Histogram {
         HistogramBatch { counts: [0; MAX_BUCKETS], sum: 0, n: 0 }
     }
 
-    /// Counts `v` (in the recorded unit) into `b`.
+    /// Counts `v` (in the recorded unit) `n` times into `b`.
     #[inline]
-    pub(crate) fn count(&self, b: &mut HistogramBatch, v: u64) {
+    pub(crate) fn count_n(&self, b: &mut HistogramBatch, v: u64, n: u64) {
         let i = self.0.limits.partition_point(|&l| l < v);
-        b.counts[i] += 1;
-        b.sum = b.sum.saturating_add(v);
-        b.n += 1;
+        b.counts[i] += n;
+        b.sum = b.sum.saturating_add(v.saturating_mul(n));
+        b.n += n;
     }
 
-    /// Adds a batch counted with [`Self::count`], and empties it.
+    /// Adds a batch counted with [`Self::count_n`], and empties it.
     pub(crate) fn record(&self, b: &mut HistogramBatch) {
         if b.n == 0 {
             return;
@@ -545,7 +545,7 @@ mod tests {
         let mut b = h.batch();
         // On a bound counts in its bucket (le is "less or equal").
         for ns in [500_000, 1_000_000, 1_000_001, 2_000_000_000] {
-            h.count(&mut b, ns);
+            h.count_n(&mut b, ns, 1);
         }
         let empty = h.snapshot();
         assert_eq!(empty.counts, [0, 0, 0, 0], "nothing before the batch is recorded");
@@ -566,6 +566,27 @@ mod tests {
         ] {
             assert!(out.contains(want), "{want} in\n{out}");
         }
+    }
+
+    #[test]
+    fn counting_a_value_n_times_at_once_is_counting_it_once_n_times() {
+        static BOUNDS: &[f64] = &[0.001, 0.01, 1.0];
+        let r = Registry::new();
+        let (one, many) = (
+            r.histogram("fleetwire_one_seconds", "A test.", &[], BOUNDS, 1e9),
+            r.histogram("fleetwire_many_seconds", "A test.", &[], BOUNDS, 1e9),
+        );
+        let (mut a, mut b) = (one.batch(), many.batch());
+        for (ns, n) in [(500_000, 3), (1_000_000, 1), (5_000_000, 7), (2_000_000_000, 2)] {
+            for _ in 0..n {
+                one.count_n(&mut a, ns, 1);
+            }
+            many.count_n(&mut b, ns, n);
+        }
+        one.record(&mut a);
+        many.record(&mut b);
+        assert_eq!(one.snapshot(), many.snapshot());
+        assert_eq!(many.snapshot().counts, [4, 7, 0, 2]);
     }
 
     #[test]

@@ -282,8 +282,10 @@ impl Pipeline {
             if !stamps.is_empty() {
                 // One clock read per batch: when its frames were applied.
                 let applied = crate::clock::now_ns();
-                for &at in &stamps {
-                    delay.count(&mut delays, applied.saturating_sub(at));
+                // A UDP batch has one receive time (see transport/udp.rs):
+                // each run of equal times is counted at once.
+                for run in stamps.chunk_by(|a, b| a == b) {
+                    delay.count_n(&mut delays, applied.saturating_sub(run[0]), run.len() as u64);
                 }
             }
             let new = NewRecords {
