@@ -257,6 +257,16 @@ impl Engine {
             for &s in &shard_of[..n] {
                 mask[usize::from(s >> 6)] |= 1 << (s & 63);
             }
+            // Their locks' lines first, all at once: taking a lock is an
+            // atomic instruction, which waits for its line before the next
+            // can start.
+            for (w, &bits) in mask.iter().enumerate().take(words) {
+                let mut b = bits;
+                while b != 0 {
+                    prefetch::prefetch_head(&self.shards[w * 64 + b.trailing_zeros() as usize]);
+                    b &= b - 1;
+                }
+            }
             let mut guards: arrayvec::ArrayVec<MutexGuard<'_, Shard>, CHUNK> =
                 arrayvec::ArrayVec::new();
             let mut below = [0u8; 16];
