@@ -365,7 +365,8 @@ impl Engine {
     /// first, without), skipping `skip` of them and returning at most
     /// `take`. Costs about `skip + take` plus 256 per shard (a merge of the
     /// shards' sorted ids, read 256 at a time under each lock), not the
-    /// fleet.
+    /// fleet; and, in a shard where devices were created or removed since
+    /// the last listing, putting its ids in order.
     pub(crate) fn page_ids(
         &self,
         after: Option<u32>,
@@ -384,7 +385,7 @@ impl Engine {
         let refill = |s: usize, c: &mut Cursor| {
             let mut got = Vec::new();
             while got.is_empty() && !c.done {
-                let shard = self.shards[s].lock();
+                let mut shard = self.shards[s].lock();
                 c.last = shard.ids_after(c.last, LOOK, keep, &mut got);
                 c.done = c.last.is_none();
             }
@@ -436,7 +437,7 @@ impl Engine {
         budget: usize,
         f: &mut dyn FnMut(&Device),
     ) -> Option<u32> {
-        let shard = self.shards.get(s)?.lock();
+        let mut shard = self.shards.get(s)?.lock();
         shard.visit_after(after, budget, f)
     }
 

@@ -390,6 +390,57 @@ fn a_crowded_shard_keeps_its_devices_while_the_fleet_is_under_the_cap() {
     assert_eq!(smaller.summary().devices, 25);
 }
 
+/// Listings see exactly the devices tracked, in id order, once each,
+/// through creations, evictions and ids that come back; and the list of
+/// ids stays bounded by the devices under churn without listings.
+#[test]
+fn listings_follow_creations_and_evictions_in_id_order() {
+    let cfg =
+        EngineConfig { max_devices: 50, max_devices_per_shard: 50, ..EngineConfig::default() };
+    let e = Engine::new(cfg, 1);
+    let listed = |e: &Engine| {
+        let mut got = Vec::new();
+        let mut after = None;
+        while let Some(last) = e.visit_after(0, after, 7, &mut |d| got.push(d.id)) {
+            after = Some(last);
+        }
+        got
+    };
+    let tracked = |e: &Engine| {
+        let mut ids = Vec::new();
+        e.for_each_shard(|sh| ids.extend(sh.devices().iter().map(|d| d.id)));
+        ids.sort_unstable();
+        ids
+    };
+    // An id evicted and back before the next listing is listed once.
+    let small = Engine::new(
+        EngineConfig { max_devices: 2, max_devices_per_shard: 2, ..EngineConfig::default() },
+        1,
+    );
+    for (k, id) in [1u32, 2, 3, 1].into_iter().enumerate() {
+        send(&small, T0 + k as u64, Frame::new(id, 0, 0, Body::Position(pos(1.0, 1.0))));
+    }
+    assert_eq!((listed(&small), tracked(&small)), (vec![1, 3], vec![1, 3]));
+    // Ids in a scrambled order, some of them again later (after their
+    // eviction), with a listing now and then.
+    let mut t = T0;
+    for k in 0..3000u32 {
+        let id = (k.wrapping_mul(2_654_435_761) % 180) + 1;
+        t += 1;
+        send(&e, t, Frame::new(id, k, 0, Body::Position(pos(1.0, 1.0))));
+        if k % 499 == 0 || k == 2999 {
+            assert_eq!(listed(&e), tracked(&e), "after frame {k}");
+        }
+        e.for_each_shard(|sh| {
+            assert!(sh.id_list_len() <= 2 * sh.len() + 65, "{}", sh.id_list_len())
+        });
+    }
+    let evicted = e.summary().totals.evicted;
+    assert!(evicted > 500, "{evicted}");
+    // page_ids agrees (its merge of the shards' ordered ids).
+    assert_eq!(e.page_ids(None, 0, 1000, &|_| true), tracked(&e));
+}
+
 #[test]
 fn export_slots_are_capped_and_expire() {
     let cfg =
