@@ -11,8 +11,11 @@ use crate::engine::{Engine, EngineConfig};
 use crate::ingest::policy::PolicyConfig;
 use crate::ingest::{Datagram, IngestCounters, Pipeline, Policy, Transport, UdpAuth};
 
-/// Devices per shard.
+/// Most devices per shard.
 const PER_SHARD: usize = 4;
+/// Most devices in all (less than the shards can hold: the budget the
+/// shards share binds, as well as each shard's own cap).
+const FLEET: usize = 6;
 /// Shards.
 const SHARDS: usize = 2;
 /// Devices with exported series.
@@ -33,12 +36,13 @@ impl Default for IngestHarness {
 }
 
 impl IngestHarness {
-    /// An empty engine (8 devices in 2 shards, 3 exported, 4 samples of 3
+    /// An empty engine (6 devices in 2 shards of at most 4, 3 exported, 4 samples of 3
     /// readings per device, 2 KiB of readings per shard) behind a policy
     /// with keys for devices 1 to 4, optional authentication, and rate
     /// limits per source (50/s) and device (20/s) with bursts of 5.
     pub fn new() -> Self {
         let cfg = EngineConfig {
+            max_devices: FLEET,
             max_devices_per_shard: PER_SHARD,
             max_exported_devices: EXPORTED,
             reading_samples: 4,
@@ -83,7 +87,7 @@ impl IngestHarness {
             }
         }
         let s = self.engine.summary();
-        assert!(s.devices as usize <= PER_SHARD * SHARDS);
+        assert!(s.devices as usize <= FLEET);
         assert!(s.exported as usize <= EXPORTED);
         assert!(s.totals.reordered + s.totals.pending <= s.totals.gaps);
         out.accepted == 1
@@ -106,5 +110,41 @@ impl IngestHarness {
         let back: crate::snapshot::Snapshot =
             postcard::from_bytes(&bytes).expect("snapshot parses");
         assert_eq!(back.device_count(), snap.device_count());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetwire_proto::{Body, FixType, Frame, Position};
+
+    /// The harness's fleet cap binds before its shards' own caps, so the
+    /// fuzz target meets evictions by the shared device budget.
+    #[test]
+    fn the_harness_fleet_is_capped_below_what_its_shards_hold() {
+        assert!(FLEET < PER_SHARD * SHARDS);
+        let h = IngestHarness::new();
+        let now = 1_700_000_000_000;
+        let p = Position {
+            lat_e7: 480_000_000,
+            lon_e7: 110_000_000,
+            alt_dm: 0,
+            speed_cm_s: 0,
+            heading_ddeg: 0,
+            hacc_cm: 300,
+            fix: FixType::Fix3d,
+            satellites: 8,
+        };
+        let mut buf = [0u8; 256];
+        for (k, id) in (10u32..30).enumerate() {
+            // A second apart: the harness's rate limits refill.
+            let t = now + 1000 * k as u64;
+            let f = Frame::new(id, 0, t, Body::Position(p));
+            let n = fleetwire_proto::encode(&f, &mut buf).unwrap();
+            let source = SocketAddr::from(([127, 0, 0, 1], 1000 + k as u16));
+            assert!(h.handle(false, t, &buf[..n], source), "device {id}");
+        }
+        let s = h.engine.summary();
+        assert_eq!((s.devices as usize, s.totals.evicted), (FLEET, 20 - FLEET as u64));
     }
 }
