@@ -16,6 +16,7 @@ const PER_SHARD: usize = 4;
 /// Most devices in all (less than the shards can hold: the budget the
 /// shards share binds, as well as each shard's own cap).
 const FLEET: usize = 6;
+const _: () = assert!(FLEET < PER_SHARD * SHARDS);
 /// Shards.
 const SHARDS: usize = 2;
 /// Devices with exported series.
@@ -122,7 +123,6 @@ mod tests {
     /// fuzz target meets evictions by the shared device budget.
     #[test]
     fn the_harness_fleet_is_capped_below_what_its_shards_hold() {
-        assert!(FLEET < PER_SHARD * SHARDS);
         let h = IngestHarness::new();
         let now = 1_700_000_000_000;
         let p = Position {
