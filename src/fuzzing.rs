@@ -117,7 +117,7 @@ impl IngestHarness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleetwire_proto::{Body, FixType, Frame, Position};
+    use fleetwire_proto::{Body, Frame};
 
     /// The harness's fleet cap binds before its shards' own caps, so the
     /// fuzz target meets evictions by the shared device budget.
@@ -125,16 +125,7 @@ mod tests {
     fn the_harness_fleet_is_capped_below_what_its_shards_hold() {
         let h = IngestHarness::new();
         let now = 1_700_000_000_000;
-        let p = Position {
-            lat_e7: 480_000_000,
-            lon_e7: 110_000_000,
-            alt_dm: 0,
-            speed_cm_s: 0,
-            heading_ddeg: 0,
-            hacc_cm: 300,
-            fix: FixType::Fix3d,
-            satellites: 8,
-        };
+        let p = crate::engine::tests::pos(48.0, 11.0);
         let mut buf = [0u8; 256];
         for (k, id) in (10u32..30).enumerate() {
             // A second apart: the harness's rate limits refill.

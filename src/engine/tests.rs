@@ -9,7 +9,7 @@ use super::*;
 
 const T0: u64 = 1_764_000_000_000;
 
-fn pos(lat: f64, lon: f64) -> Position {
+pub(crate) fn pos(lat: f64, lon: f64) -> Position {
     Position {
         lat_e7: (lat * 1e7).round() as i32,
         lon_e7: (lon * 1e7).round() as i32,

@@ -1,8 +1,8 @@
 //! The system calls the standard library does not wrap: `recvmmsg(2)`,
-//! `sendmmsg(2)`, `SO_RCVBUFFORCE`, receive timestamps (`SIOCGSTAMPNS`) and a thread's nice value
-//! (`setpriority(2)`). The server's `unsafe` code, but for one prefetch
-//! hint in `engine/prefetch.rs` and the CRC32 instruction in
-//! `ingest/crc.rs`; every block says why it is sound.
+//! `sendmmsg(2)`, `SO_RCVBUFFORCE`, receive times (`SIOCGSTAMPNS`) and a
+//! thread's nice value (`setpriority(2)`). The server's `unsafe` code, but
+//! for one prefetch hint in `engine/prefetch.rs` and the CRC32 instruction
+//! in `ingest/crc.rs`; every block says why it is sound.
 #![allow(unsafe_code)]
 
 use std::io;
