@@ -164,6 +164,11 @@ impl Batch {
         Batch { slot, bufs, iovecs, addrs, hdrs, filled: n }
     }
 
+    /// Datagrams one call reads at most.
+    pub(crate) fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+
     /// Reads up to a batch of datagrams. With `block`, waits (up to the
     /// socket's read timeout) for the first one; never waits for more
     /// (MSG_WAITFORONE).

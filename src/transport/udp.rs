@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 use super::sys;
-use crate::clock::now_ms;
+use crate::clock::now_ns;
 use crate::ingest::{Datagram, Pipeline, Transport};
 use crate::telemetry::Registry;
 
@@ -178,6 +178,63 @@ impl UdpReceivers {
     }
 }
 
+/// How often, at most, the receive thread asks the kernel when a batch
+/// arrived while the socket's queue is not backed up (1 ms).
+const ASK_EVERY_NS: u64 = 1_000_000;
+
+/// How long datagrams waited in the socket's queue, from the kernel's
+/// receive time of a batch's last datagram (`SIOCGSTAMPNS`, one system call)
+/// to the moment `recvmmsg` returned it.
+///
+/// Asking costs a system call per batch; a receiver that keeps up reads a
+/// datagram or a few per call, so asking for every batch cost about as much
+/// as the engine (BENCHMARKS.md). The kernel is asked:
+/// - for every full batch: the queue is backed up, which is when the wait
+///   grows, and the call is shared by a full batch;
+/// - for the first batch after a full one: the backlog is gone, and the wait
+///   it measured no longer holds;
+/// - otherwise (the read emptied the queue) once per [`ASK_EVERY_NS`].
+///
+/// A batch not asked about is given the wait last measured: its receive
+/// time is its read time less that wait. Every datagram is still counted in
+/// `fleetwire_ingest_delay_seconds`, with that estimate of its queue wait and
+/// its own time from read to applied.
+#[derive(Debug, Default)]
+struct QueueWait {
+    /// Read time of the last batch the kernel told about (Unix ns).
+    asked_ns: u64,
+    /// The wait it measured; `None` before any answer.
+    wait_ns: Option<u64>,
+    /// The previous batch was full.
+    after_full: bool,
+}
+
+impl QueueWait {
+    /// Whether to ask the kernel about a batch read at `read_ns`.
+    fn should_ask(&mut self, read_ns: u64, full: bool) -> bool {
+        let ask = full
+            || self.after_full
+            || self.wait_ns.is_none()
+            || read_ns.saturating_sub(self.asked_ns) >= ASK_EVERY_NS;
+        self.after_full = full;
+        ask
+    }
+
+    /// The kernel's answer for a batch read at `read_ns`: its last
+    /// datagram's receive time (0: unknown, the wait last measured stays).
+    fn asked(&mut self, read_ns: u64, received_ns: u64) {
+        if received_ns != 0 {
+            self.asked_ns = read_ns;
+            self.wait_ns = Some(read_ns.saturating_sub(received_ns));
+        }
+    }
+
+    /// The receive time a batch read at `read_ns` is given (0: unknown).
+    fn received_ns(&self, read_ns: u64) -> u64 {
+        self.wait_ns.map_or(0, |w| read_ns.saturating_sub(w))
+    }
+}
+
 fn receive_loop(
     socket: &UdpSocket,
     stamped: bool,
@@ -189,6 +246,7 @@ fn receive_loop(
         tracing::debug!(error = %e, "UDP receive thread keeps the default priority");
     }
     let mut rx = sys::Batch::new(batch.clamp(1, sys::MAX_BATCH), SLOT);
+    let mut wait = QueueWait::default();
     let mut errors_logged = 0u32;
     let mut drain_until = None;
     loop {
@@ -209,14 +267,21 @@ fn receive_loop(
                 }
             }
             Ok(n) => {
-                let now = now_ms();
+                let read_ns = now_ns();
+                let now = read_ns / 1_000_000;
                 let mut views: arrayvec::ArrayVec<Datagram<'_>, { sys::MAX_BATCH }> =
                     arrayvec::ArrayVec::new();
-                // When the batch's last datagram arrived, asked once for
-                // the batch. The queue is first in, first out: the others
-                // arrived before it (and after the previous batch's last),
-                // so their delay is under-stated by at most that interval.
-                let received_ns = if stamped { sys::last_received_ns(socket) } else { 0 };
+                // When the batch's datagrams arrived (see QueueWait): the
+                // kernel is asked for a full batch, after a full batch, and
+                // otherwise at most once per ASK_EVERY_NS.
+                let received_ns = if stamped {
+                    if wait.should_ask(read_ns, n == rx.capacity()) {
+                        wait.asked(read_ns, sys::last_received_ns(socket));
+                    }
+                    wait.received_ns(read_ns)
+                } else {
+                    0
+                };
                 for i in 0..n {
                     let (bytes, truncated, source) = rx.get(i);
                     if views
@@ -314,5 +379,39 @@ mod tests {
         // A socket that did not ask has no receive times.
         let plain = bind_for("test", "127.0.0.1:0".parse().unwrap(), 1 << 20, false).unwrap();
         assert!(!plain.stamped);
+    }
+    /// The kernel is asked about the first batch, every full batch and the
+    /// one after it, and otherwise once per ASK_EVERY_NS; a batch not asked
+    /// about is given the wait last measured.
+    #[test]
+    fn the_kernel_is_asked_when_the_queue_backs_up_and_once_per_interval_otherwise() {
+        const MS: u64 = 1_000_000;
+        let t0 = 1_800_000_000 * 1_000 * MS;
+        let mut w = QueueWait::default();
+        assert_eq!(w.received_ns(t0), 0, "unknown before any answer");
+        assert!(w.should_ask(t0, false), "the first batch");
+        w.asked(t0, t0 - 30_000);
+        assert_eq!(w.received_ns(t0), t0 - 30_000);
+        // Partial batches within the interval: not asked, given the wait.
+        assert!(!w.should_ask(t0 + MS / 2, false));
+        assert_eq!(w.received_ns(t0 + MS / 2), t0 + MS / 2 - 30_000);
+        assert!(!w.should_ask(t0 + MS - 1, false));
+        assert!(w.should_ask(t0 + MS, false), "an interval later");
+        w.asked(t0 + MS, t0 + MS - 10_000);
+        // A full batch is asked about at once, and so is the one after it.
+        assert!(w.should_ask(t0 + MS + 1, true));
+        w.asked(t0 + MS + 1, t0 - 40 * MS);
+        assert_eq!(w.received_ns(t0 + MS + 1), t0 - 40 * MS, "a backlog of 41 ms");
+        assert!(w.should_ask(t0 + MS + 2, false), "the batch after a full one");
+        w.asked(t0 + MS + 2, t0 + MS - 5_000);
+        assert!(!w.should_ask(t0 + MS + 3, false), "the backlog is gone");
+        assert_eq!(w.received_ns(t0 + MS + 3), t0 + MS + 3 - 5_002);
+        // An answer of 0 (unknown) keeps the wait last measured, and asks
+        // again next time.
+        let t1 = t0 + 10 * MS;
+        assert!(w.should_ask(t1, false));
+        w.asked(t1, 0);
+        assert_eq!(w.received_ns(t1), t1 - 5_002);
+        assert!(w.should_ask(t1 + 1, false));
     }
 }
