@@ -76,6 +76,10 @@ pub struct Config {
     pub udp_recv_buffer: usize,
     /// Datagrams per recvmmsg call.
     pub udp_batch: usize,
+    /// Longest pause a UDP receive thread takes between reads under
+    /// sustained load, so that a read takes many datagrams ("0s": none).
+    #[serde(with = "humantime_serde")]
+    pub udp_linger: Duration,
     /// Engine shards (rounded up to a power of two).
     pub engine_shards: usize,
     /// A device silent for longer is offline (see `offline_after_factor`).
@@ -191,6 +195,7 @@ impl Default for Config {
             udp_threads: 1,
             udp_recv_buffer: 16 << 20,
             udp_batch: 32,
+            udp_linger: Duration::from_micros(100),
             engine_shards: 256,
             offline_after: Duration::from_secs(60),
             offline_after_factor: 3.0,
@@ -378,6 +383,9 @@ impl Config {
         }
         if self.udp_batch == 0 || self.udp_batch > 1024 {
             return inv("udp_batch", "must be 1 to 1024");
+        }
+        if self.udp_linger > Duration::from_millis(10) {
+            return inv("udp_linger", "must be at most 10ms");
         }
         if self.engine_shards == 0 || self.engine_shards > 1024 {
             return inv("engine_shards", "must be 1 to 1024");
@@ -571,6 +579,7 @@ impl Config {
             threads: self.udp_threads,
             recv_buffer: self.udp_recv_buffer,
             batch: self.udp_batch,
+            linger: self.udp_linger,
         }
     }
 

@@ -115,6 +115,8 @@ config_flags! {
     udp_recv_buffer: usize,
     /// Datagrams per recvmmsg call.
     udp_batch: usize,
+    /// Longest pause between UDP reads under sustained load (e.g. 100us; 0s = none).
+    udp_linger: String,
     /// Engine shards.
     engine_shards: usize,
     /// Offline after this much silence (e.g. 60s).

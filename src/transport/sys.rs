@@ -102,8 +102,9 @@ pub(crate) fn enable_receive_timestamps(socket: &UdpSocket) -> io::Result<()> {
 
 /// When the kernel received the last datagram read from `socket` (Unix
 /// nanoseconds, `CLOCK_REALTIME`); 0 when unknown (none read yet, or
-/// [`enable_receive_timestamps`] failed). One system call: ask once per
-/// batch.
+/// [`enable_receive_timestamps`] failed). One system call, which costs
+/// about as much as handling a datagram: the receive thread asks only for
+/// some batches (`udp::QueueWait`).
 pub(crate) fn last_received_ns(socket: &UdpSocket) -> u64 {
     receive_time(socket).unwrap_or(0)
 }

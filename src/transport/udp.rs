@@ -29,6 +29,8 @@ pub(crate) struct UdpConfig {
     pub(crate) recv_buffer: usize,
     /// Datagrams per `recvmmsg` call.
     pub(crate) batch: usize,
+    /// Longest pause between reads under sustained load (see [`Linger`]).
+    pub(crate) linger: Duration,
 }
 
 /// A bound UDP socket and the receive buffer the kernel granted.
@@ -161,10 +163,10 @@ impl UdpReceivers {
         );
         let mut threads = Vec::new();
         for (i, b) in sockets.into_iter().enumerate() {
-            let (pipeline, stop, batch) = (pipeline.clone(), stop.clone(), cfg.batch);
+            let (pipeline, stop, cfg) = (pipeline.clone(), stop.clone(), cfg.clone());
             let h = std::thread::Builder::new()
                 .name(format!("udp-rx-{i}"))
-                .spawn(move || receive_loop(&b.socket, b.stamped, batch, &pipeline, &stop))?;
+                .spawn(move || receive_loop(&b.socket, b.stamped, &cfg, &pipeline, &stop))?;
             threads.push(h);
         }
         Ok(UdpReceivers { threads })
@@ -235,18 +237,62 @@ impl QueueWait {
     }
 }
 
+/// Reads put off under sustained load, so that each read takes many
+/// datagrams.
+///
+/// A receiver that keeps up reads a datagram or two per `recvmmsg` call, and
+/// each call, and each wake-up from waiting for the next datagram, costs
+/// about as much as handling several datagrams (BENCHMARKS.md). After a
+/// short read (fewer datagrams than a batch holds: the read emptied the
+/// queue) the thread estimates the arrival rate from the datagrams read and
+/// the time since the previous read, and pauses as long as half a batch
+/// takes to arrive, when that is at most the configured linger: the next
+/// read then takes about half a batch. Slower streams are read as they come
+/// (one pause that finds little stops the pausing: its rate is low). After
+/// a full read it never pauses (the queue is backed up). A pause adds at
+/// most the linger (and the timer's slack) to a datagram's ingest delay,
+/// which `fleetwire_ingest_delay_seconds` shows.
+#[derive(Debug)]
+struct Linger {
+    /// The longest pause, ns (0: never).
+    max_ns: u64,
+    /// When the previous read returned (Unix ns).
+    last_read_ns: u64,
+}
+
+impl Linger {
+    fn new(max: Duration) -> Self {
+        Linger { max_ns: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX), last_read_ns: 0 }
+    }
+
+    /// How long to pause (ns, 0: not at all) after a read that returned at
+    /// `read_ns` with `n` datagrams of at most `capacity`.
+    fn pause_ns(&mut self, read_ns: u64, n: usize, capacity: usize) -> u64 {
+        let since = read_ns.saturating_sub(self.last_read_ns);
+        self.last_read_ns = read_ns;
+        if self.max_ns == 0 || n == 0 || n >= capacity {
+            return 0;
+        }
+        // Half a batch at the rate of `n` datagrams in `since`.
+        let half = (capacity / 2).max(1) as u64;
+        let fill = since.saturating_mul(half) / n as u64;
+        if fill <= self.max_ns { fill } else { 0 }
+    }
+}
+
 fn receive_loop(
     socket: &UdpSocket,
     stamped: bool,
-    batch: usize,
+    cfg: &UdpConfig,
     pipeline: &Pipeline,
     stop: &CancellationToken,
 ) {
     if let Err(e) = sys::set_thread_nice(sys::RECEIVE_NICE) {
         tracing::debug!(error = %e, "UDP receive thread keeps the default priority");
     }
-    let mut rx = sys::Batch::new(batch.clamp(1, sys::MAX_BATCH), SLOT);
+    let mut rx = sys::Batch::new(cfg.batch.clamp(1, sys::MAX_BATCH), SLOT);
     let mut wait = QueueWait::default();
+    let mut linger = Linger::new(cfg.linger);
     let mut errors_logged = 0u32;
     let mut drain_until = None;
     loop {
@@ -298,6 +344,10 @@ fn receive_loop(
                     }
                 }
                 pipeline.handle(Transport::Udp, now, &views);
+                let pause = linger.pause_ns(read_ns, n, rx.capacity());
+                if pause > 0 && !stopping {
+                    std::thread::sleep(Duration::from_nanos(pause));
+                }
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 if stopping {
@@ -413,5 +463,33 @@ mod tests {
         w.asked(t1, 0);
         assert_eq!(w.received_ns(t1), t1 - 5_002);
         assert!(w.should_ask(t1 + 1, false));
+    }
+    /// A short read of a fast stream pauses for half a batch's worth of it;
+    /// a slow stream, a full read, a wake-up after waiting or a linger of 0
+    /// do not.
+    #[test]
+    fn reads_pause_only_for_streams_fast_enough_to_fill_half_a_batch() {
+        const US: u64 = 1_000;
+        let t0 = 1_800_000_000_000_000_000;
+        let mut l = Linger::new(Duration::from_micros(100));
+        assert_eq!(l.pause_ns(t0, 1, 32), 0, "after a wait for the first datagram");
+        // 2 datagrams in 5 µs: 16 take 40 µs.
+        assert_eq!(l.pause_ns(t0 + 5 * US, 2, 32), 40 * US);
+        // The pause found 20 in 44 µs: 16 take 35.2 µs.
+        assert_eq!(l.pause_ns(t0 + 49 * US, 20, 32), 35_200);
+        // A full read: the queue is backed up, read again at once.
+        assert_eq!(l.pause_ns(t0 + 90 * US, 32, 32), 0);
+        // 1 datagram in 10 µs: 16 would take 160 µs, more than the linger.
+        assert_eq!(l.pause_ns(t0 + 100 * US, 1, 32), 0);
+        // Exactly the linger is still taken.
+        assert_eq!(l.pause_ns(t0 + 125 * US, 4, 32), 100 * US);
+        assert_eq!(l.pause_ns(t0 + 126 * US, 0, 32), 0, "nothing read");
+        let mut off = Linger::new(Duration::ZERO);
+        assert_eq!(off.pause_ns(t0, 1, 32), 0);
+        assert_eq!(off.pause_ns(t0 + US, 8, 32), 0, "a linger of 0 never pauses");
+        // With batches of one, every read is full: no pause.
+        let mut one = Linger::new(Duration::from_micros(100));
+        assert_eq!(one.pause_ns(t0, 1, 1), 0);
+        assert_eq!(one.pause_ns(t0 + 3 * US, 1, 1), 0);
     }
 }
