@@ -204,8 +204,8 @@ def sink_trial(cap, cap_len, loops, rate):
     return s
 
 
-def serve_trial(cap, loops, rate):
-    srv = Serve()
+def serve_trial(cap, loops, rate, *extra):
+    srv = Serve(*extra)
     try:
         cpu0 = srv.cpu()
         r = replay(cap, srv.udp, loops, rate)
@@ -314,14 +314,18 @@ def full_speed(results, tmp, quick):
         capn = os.path.join(tmp, f"full-{devices}.fwrec")
         c = run_json(["sim", "--target", "127.0.0.1:9", "--devices", str(devices), "--rate", "0",
                       "--frames", str(frames), "--record", capn, "--json"])
-        sinks, serves = [], []
+        sinks, serves, eager = [], [], []
         for i in range(1 if quick else 3):
             sinks.append(sink_trial(capn, c["sent"], 1, 0))
             serves.append(serve_trial(capn, 1, 0))
+            # The same without the pause between reads (udp_linger): every
+            # read as soon as a datagram is there, as the bare receiver.
+            eager.append(serve_trial(capn, 1, 0, "--udp-linger", "0s"))
             log(f"   {devices} devices, round {i + 1}: sink {sinks[-1]['send_rate']:.0f}/s "
                 f"{sinks[-1]['cpu_per_million']:.2f} CPU-s/M (lost {sinks[-1]['loss']}); serve "
                 f"{serves[-1]['send_rate']:.0f}/s {serves[-1]['cpu_per_million']:.2f} CPU-s/M "
-                f"(lost {serves[-1]['loss']}, kernel drops {serves[-1]['kernel_drops']})")
+                f"(lost {serves[-1]['loss']}, kernel drops {serves[-1]['kernel_drops']}); serve, udp_linger 0s "
+                f"{eager[-1]['cpu_per_million']:.2f} CPU-s/M (lost {eager[-1]['loss']})")
         # The same recording through decode, policy and engine without
         # sockets (`bench engine`): the user-space part of serve's cost.
         engine = [run_json(["bench", "engine", capn], prefix=RECEIVER)["cpu_ns_per_datagram"]
@@ -339,11 +343,14 @@ def full_speed(results, tmp, quick):
         med = lambda xs: sorted(xs)[len(xs) // 2]
         sink_cpu = med([t["cpu_per_million"] for t in sinks])
         serve_cpu = med([t["cpu_per_million"] for t in serves])
+        eager_cpu = med([t["cpu_per_million"] for t in eager])
         sat_sink = med([t["cpu_per_million"] for t in sat_sinks])
         sat_serve = med([t["cpu_per_million"] for t in sat_serves])
         out[str(devices)] = {"frames_per_device": frames, "capture_datagrams": c["sent"], "sink": sinks,
                              "serve": serves, "sink_cpu_per_million": sink_cpu,
                              "serve_cpu_per_million": serve_cpu, "ratio": serve_cpu / max(sink_cpu, 1e-9),
+                             "no_linger": eager, "no_linger_cpu_per_million": eager_cpu,
+                             "no_linger_ratio": eager_cpu / max(sink_cpu, 1e-9),
                              "engine_ns_per_datagram": engine, "engine_ns_median": med(engine),
                              "saturated": {"burst": BURST, "sink": sat_sinks, "serve": sat_serves,
                                            "sink_cpu_per_million": sat_sink, "serve_cpu_per_million": sat_serve,
@@ -352,7 +359,7 @@ def full_speed(results, tmp, quick):
             f"(medians {sat_serve:.2f} / {sat_sink:.2f})")
         log(f"   {devices} devices: decode + policy + engine without sockets {med(engine):.0f} ns per datagram")
         log(f"   {devices} devices: serve / bare receiver CPU per datagram {serve_cpu / max(sink_cpu, 1e-9):.2f} "
-            f"(medians {serve_cpu:.2f} / {sink_cpu:.2f})")
+            f"(medians {serve_cpu:.2f} / {sink_cpu:.2f}); with udp_linger 0s {eager_cpu / max(sink_cpu, 1e-9):.2f}")
     results["full_speed"] = out
 
 
@@ -386,21 +393,21 @@ def delays(results, cap, cap_len, zero_loss_rate, trial_s):
     highest zero-loss rate, each in a fresh server."""
     log(f"== 1c. ingest delay at 50 % and 90 % of the highest zero-loss rate ({zero_loss_rate:,.0f}/s)")
     out = []
-    for share in [0.5, 0.9]:
+    for share, linger in [(0.5, None), (0.9, None), (0.5, "0s"), (0.9, "0s")]:
         rate = round(zero_loss_rate * share)
-        srv = Serve()
+        srv = Serve(*(["--udp-linger", linger] if linger else []))
         try:
             r = replay(cap, srv.udp, max(1, int(trial_s * rate / cap_len)), rate)
             received = srv.wait_idle()
             m = srv.get("/metrics")
             b = histogram(m, "fleetwire_ingest_delay_seconds")
-            t = {"share": share, "rate": rate, "send_rate": r["rate"], "sent": r["sent"], "received": received,
+            t = {"share": share, "linger": linger or "default", "rate": rate, "send_rate": r["rate"], "sent": r["sent"], "received": received,
                  "kernel_drops": srv.kernel_drops(), "count": b[-1][1] if b else 0,
                  "accepted": srv.accepted(), "p50_s": quantile(b, 0.5), "p99_s": quantile(b, 0.99)}
         finally:
             srv.stop()
         out.append(t)
-        log(f"   {share:.0%} ({rate:,}/s): p50 {t['p50_s'] * 1e6:.0f} us, p99 {t['p99_s'] * 1e6:.0f} us "
+        log(f"   {share:.0%} ({rate:,}/s), udp_linger {t['linger']}: p50 {t['p50_s'] * 1e6:.0f} us, p99 {t['p99_s'] * 1e6:.0f} us "
             f"({t['count']:,.0f} counted of {t['accepted']:,} accepted, kernel drops {t['kernel_drops']})")
     results["ingest_delay"] = out
 
@@ -717,11 +724,14 @@ def render(r):
     else:
         L.append("| serve: highest offered rate with zero loss | none of the trials |")
     for t in r.get("ingest_delay", []):
-        L.append(f"| ingest delay (kernel receive timestamp to frame applied) at {t['share']:.0%} of the zero-loss rate ({t['rate']:,}/s) | "
+        L.append(f"| ingest delay (kernel receive timestamp to frame applied) at {t['share']:.0%} of the zero-loss rate ({t['rate']:,}/s), udp_linger {t.get('linger', 'default')} | "
                  f"p50 {t['p50_s'] * 1e6:,.0f} us, p99 {t['p99_s'] * 1e6:,.0f} us ({t['count']:,.0f} datagrams counted of {t['accepted']:,} accepted) |")
     for k, f in r.get("full_speed", {}).items():
         L.append(f"| **CPU per datagram at full speed, serve / bare receiver, {int(k):,} devices** ({f['capture_datagrams']:,} datagrams, median of {len(f['serve'])}) | "
                  f"**{f['ratio']:.2f}** ({f['serve_cpu_per_million']:.2f} / {f['sink_cpu_per_million']:.2f} CPU-s per million; target <= {1.3 if int(k) <= 20000 else 1.5}) |")
+        if "no_linger_ratio" in f:
+            L.append(f"| ... serve with `udp_linger = \"0s\"` (no pause between reads), same rounds | "
+                     f"{f['no_linger_ratio']:.2f} ({f['no_linger_cpu_per_million']:.2f} CPU-s per million) |")
         if "engine_ns_median" in f:
             L.append(f"| ... of which decode, policy and engine, the same recording without sockets (`bench engine`, median of {len(f['engine_ns_per_datagram'])}) | "
                      f"{f['engine_ns_median']:.0f} ns per datagram |")
