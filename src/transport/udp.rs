@@ -258,11 +258,23 @@ struct Linger {
     max_ns: u64,
     /// When the previous read returned (Unix ns).
     last_read_ns: u64,
+    /// A pause followed the previous read.
+    paused: bool,
 }
 
 impl Linger {
     fn new(max: Duration) -> Self {
-        Linger { max_ns: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX), last_read_ns: 0 }
+        Linger {
+            max_ns: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX),
+            last_read_ns: 0,
+            paused: false,
+        }
+    }
+
+    /// When the previous read returned, if a pause followed it: the read
+    /// now emptied the queue then, so the datagrams read now came after.
+    fn paused_since(&self) -> Option<u64> {
+        self.paused.then_some(self.last_read_ns)
     }
 
     /// How long to pause (ns, 0: not at all) after a read that returned at
@@ -270,14 +282,30 @@ impl Linger {
     fn pause_ns(&mut self, read_ns: u64, n: usize, capacity: usize) -> u64 {
         let since = read_ns.saturating_sub(self.last_read_ns);
         self.last_read_ns = read_ns;
+        self.paused = false;
         if self.max_ns == 0 || n == 0 || n >= capacity {
             return 0;
         }
         // Half a batch at the rate of `n` datagrams in `since`.
         let half = (capacity / 2).max(1) as u64;
         let fill = since.saturating_mul(half) / n as u64;
-        if fill <= self.max_ns { fill } else { 0 }
+        self.paused = fill <= self.max_ns;
+        if self.paused { fill } else { 0 }
     }
+}
+
+/// The receive time given to datagram `i` of `n` read after a pause: the
+/// queue was empty at `from` (the read before the pause) and the last of
+/// them arrived at `last`, so they are spread evenly over that interval
+/// (a steady stream, which is when the thread pauses) rather than all given
+/// `last`, which would count one that came at the start of the pause as up
+/// to the whole pause fresher than it is.
+fn spread(from: u64, last: u64, i: usize, n: usize) -> u64 {
+    if last <= from || n == 0 {
+        return last;
+    }
+    let step = (last - from) as u128 * (i as u128 + 1) / n as u128;
+    from + u64::try_from(step).unwrap_or(last - from)
 }
 
 fn receive_loop(
@@ -328,8 +356,13 @@ fn receive_loop(
                 } else {
                     0
                 };
+                let from = linger.paused_since();
                 for i in 0..n {
                     let (bytes, truncated, source) = rx.get(i);
+                    let received_ns = match from {
+                        Some(from) if received_ns != 0 => spread(from, received_ns, i, n),
+                        _ => received_ns,
+                    };
                     if views
                         .try_push(Datagram {
                             bytes,
@@ -491,5 +524,24 @@ mod tests {
         let mut one = Linger::new(Duration::from_micros(100));
         assert_eq!(one.pause_ns(t0, 1, 1), 0);
         assert_eq!(one.pause_ns(t0 + 3 * US, 1, 1), 0);
+    }
+    /// The datagrams read after a pause are spread evenly from the read
+    /// before it to the last one's arrival; without a pause they all keep
+    /// the batch's time.
+    #[test]
+    fn datagrams_read_after_a_pause_are_spread_over_it() {
+        const US: u64 = 1_000;
+        let t0 = 1_800_000_000_000_000_000;
+        assert_eq!(spread(t0, t0 + 100 * US, 0, 4), t0 + 25 * US);
+        assert_eq!(spread(t0, t0 + 100 * US, 1, 4), t0 + 50 * US);
+        assert_eq!(spread(t0, t0 + 100 * US, 3, 4), t0 + 100 * US, "the last keeps its own");
+        assert_eq!(spread(t0, t0 - US, 0, 4), t0 - US, "a last arrival before `from`");
+        let mut l = Linger::new(Duration::from_micros(100));
+        l.pause_ns(t0, 1, 32);
+        assert_eq!(l.paused_since(), None, "no pause after a wake-up");
+        assert_ne!(l.pause_ns(t0 + 5 * US, 2, 32), 0);
+        assert_eq!(l.paused_since(), Some(t0 + 5 * US));
+        assert_eq!(l.pause_ns(t0 + 60 * US, 32, 32), 0);
+        assert_eq!(l.paused_since(), None, "none after a full read");
     }
 }
