@@ -28,8 +28,10 @@ pub(crate) struct Datagram<'a> {
     pub(crate) source: Option<SocketAddr>,
     /// Device id proven by a QUIC client certificate.
     pub(crate) identity: Option<u32>,
-    /// When the kernel received it (Unix ns), or 0 when unknown: accepted
-    /// datagrams with one count in `fleetwire_ingest_delay_seconds`.
+    /// When the kernel received it (Unix ns; for UDP an estimate from the
+    /// kernel's time for some batches, see `transport/udp.rs`), or 0 when
+    /// unknown: accepted datagrams with one count in
+    /// `fleetwire_ingest_delay_seconds`.
     pub(crate) received_ns: u64,
 }
 

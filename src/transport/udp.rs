@@ -463,6 +463,7 @@ mod tests {
         let plain = bind_for("test", "127.0.0.1:0".parse().unwrap(), 1 << 20, false).unwrap();
         assert!(!plain.stamped);
     }
+
     /// The kernel is asked about the first batch, every full batch and the
     /// one after it, and otherwise once per ASK_EVERY_NS; a batch not asked
     /// about is given the wait last measured.
