@@ -675,6 +675,7 @@ mod tests {
             (json!({"max_exported_devices": 1_000_000_000_000u64}), "max_exported_devices"),
             (json!({"auto_register_limit": 1_000_000_000_000u64}), "auto_register_limit"),
             (json!({"udp_recv_buffer": 1_000_000_000_000u64}), "udp_recv_buffer"),
+            (json!({"udp_linger": "11ms"}), "udp_linger"),
             (json!({"max_reading_memory": 1_000_000_000_000_000u64}), "max_reading_memory"),
             (json!({"quic_max_connections": 1_000_000_000_000u64}), "quic_max_connections"),
             (json!({"quic_datagram_buffer": 1_000_000_000_000u64}), "quic_datagram_buffer"),

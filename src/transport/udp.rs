@@ -247,18 +247,21 @@ impl QueueWait {
 /// queue) the thread estimates the arrival rate from the datagrams read and
 /// the time since the previous read, and pauses as long as half a batch
 /// takes to arrive, when that is at most the configured linger: the next
-/// read then takes about half a batch. Slower streams are read as they come
-/// (one pause that finds little stops the pausing: its rate is low). After
-/// a full read it never pauses (the queue is backed up). A pause adds at
-/// most the linger (and the timer's slack) to a datagram's ingest delay,
-/// which `fleetwire_ingest_delay_seconds` shows.
+/// read then takes at least about half a batch (the pause begins after the
+/// batch was handled, and the timer may add its slack). Slower streams are
+/// read as they come (a pause that finds little or nothing stops the
+/// pausing: the rate it measures is low). After a full read it never
+/// pauses (the queue is backed up). A pause adds at most the linger (and
+/// the timer's slack) to a datagram's ingest delay, which
+/// `fleetwire_ingest_delay_seconds` shows.
 #[derive(Debug)]
 struct Linger {
     /// The longest pause, ns (0: never).
     max_ns: u64,
     /// When the previous read returned (Unix ns).
     last_read_ns: u64,
-    /// A pause followed the previous read.
+    /// The thread paused after the previous read, and has not read since:
+    /// the next read does not wait (see [`Linger::paused_since`]).
     paused: bool,
 }
 
@@ -271,10 +274,25 @@ impl Linger {
         }
     }
 
-    /// When the previous read returned, if a pause followed it: the read
-    /// now emptied the queue then, so the datagrams read now came after.
+    /// When the previous read returned, if the thread paused after it: that
+    /// read emptied the queue, so the datagrams the next read returns came
+    /// after. The read after a pause does not wait (`MSG_DONTWAIT`), so
+    /// that they all came during the pause and the handling before it: if
+    /// it finds nothing, [`found_nothing`](Self::found_nothing) ends this
+    /// and the thread waits as usual.
     fn paused_since(&self) -> Option<u64> {
         self.paused.then_some(self.last_read_ns)
+    }
+
+    /// The thread took the pause [`pause_ns`](Self::pause_ns) asked for.
+    fn slept(&mut self) {
+        self.paused = true;
+    }
+
+    /// A read found no datagram (or failed): what comes next may come
+    /// after any wait.
+    fn found_nothing(&mut self) {
+        self.paused = false;
     }
 
     /// How long to pause (ns, 0: not at all) after a read that returned at
@@ -289,8 +307,7 @@ impl Linger {
         // Half a batch at the rate of `n` datagrams in `since`.
         let half = (capacity / 2).max(1) as u64;
         let fill = since.saturating_mul(half) / n as u64;
-        self.paused = fill <= self.max_ns;
-        if self.paused { fill } else { 0 }
+        if fill <= self.max_ns { fill } else { 0 }
     }
 }
 
@@ -334,8 +351,11 @@ fn receive_loop(
                 return;
             }
         }
-        match rx.recv(socket, !stopping) {
+        // The read after a pause does not wait (see Linger::paused_since).
+        let wait_for_one = !stopping && linger.paused_since().is_none();
+        match rx.recv(socket, wait_for_one) {
             Ok(0) => {
+                linger.found_nothing();
                 if stopping {
                     return;
                 }
@@ -380,15 +400,18 @@ fn receive_loop(
                 let pause = linger.pause_ns(read_ns, n, rx.capacity());
                 if pause > 0 && !stopping {
                     std::thread::sleep(Duration::from_nanos(pause));
+                    linger.slept();
                 }
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                linger.found_nothing();
                 if stopping {
                     return;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => linger.found_nothing(),
             Err(e) => {
+                linger.found_nothing();
                 if errors_logged < 10 {
                     tracing::warn!(error = %e, "UDP receive failed");
                     errors_logged += 1;
@@ -538,11 +561,19 @@ mod tests {
         assert_eq!(spread(t0, t0 + 100 * US, 3, 4), t0 + 100 * US, "the last keeps its own");
         assert_eq!(spread(t0, t0 - US, 0, 4), t0 - US, "a last arrival before `from`");
         let mut l = Linger::new(Duration::from_micros(100));
-        l.pause_ns(t0, 1, 32);
+        assert_eq!(l.pause_ns(t0, 1, 32), 0);
         assert_eq!(l.paused_since(), None, "no pause after a wake-up");
         assert_ne!(l.pause_ns(t0 + 5 * US, 2, 32), 0);
+        assert_eq!(l.paused_since(), None, "not before the pause is taken");
+        l.slept();
         assert_eq!(l.paused_since(), Some(t0 + 5 * US));
         assert_eq!(l.pause_ns(t0 + 60 * US, 32, 32), 0);
         assert_eq!(l.paused_since(), None, "none after a full read");
+        // A pause that found nothing: what comes next may come after any
+        // wait, and is not spread back over it.
+        assert_ne!(l.pause_ns(t0 + 70 * US, 8, 32), 0);
+        l.slept();
+        l.found_nothing();
+        assert_eq!(l.paused_since(), None, "the stream stopped during the pause");
     }
 }
