@@ -12,36 +12,35 @@
 /// no value, cannot fault and changes no result.
 #[inline]
 pub(crate) fn prefetch<T>(x: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let p = (x as *const T).cast::<i8>();
-        // From the line holding the first byte to the one holding the last.
-        let start = p as usize;
-        let lines = (start % 64 + std::mem::size_of::<T>()).div_ceil(64);
-        let first = p.wrapping_sub(start % 64);
-        for k in 0..lines {
-            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch
-            // is a hint the CPU may ignore: it dereferences nothing and
-            // does not fault, whatever the address (these are the lines of
-            // a live `T` anyway).
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(k * 64)) };
-        }
+    let p = (x as *const T).cast::<i8>();
+    // From the line holding the first byte to the one holding the last.
+    let start = p as usize;
+    let lines = (start % 64 + std::mem::size_of::<T>()).div_ceil(64);
+    let first = p.wrapping_sub(start % 64);
+    for k in 0..lines {
+        line(first.wrapping_add(k * 64));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
 }
 
 /// Asks for the cache line holding the first byte of `*x` to be loaded
 /// (where a `Mutex` keeps its lock word). A hint, like [`prefetch`].
 #[inline]
 pub(crate) fn prefetch_head<T>(x: &T) {
+    line((x as *const T).cast::<i8>());
+}
+
+/// Asks for the cache line holding `p` to be loaded.
+#[inline]
+fn line(p: *const i8) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: as in `prefetch`: a hint that dereferences nothing.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast::<i8>()) };
+        // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is a
+        // hint the CPU may ignore: it dereferences nothing and does not
+        // fault, whatever the address (the callers pass lines of a live
+        // value anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = x;
+    let _ = p;
 }

@@ -284,8 +284,9 @@ impl Pipeline {
             if !stamps.is_empty() {
                 // One clock read per batch: when its frames were applied.
                 let applied = crate::clock::now_ns();
-                // A UDP batch has one receive time (see transport/udp.rs):
-                // each run of equal times is counted at once.
+                // The datagrams of a UDP batch mostly share one receive
+                // time (see transport/udp.rs): each run of equal times is
+                // counted at once.
                 for run in stamps.chunk_by(|a, b| a == b) {
                     delay.count_n(&mut delays, applied.saturating_sub(run[0]), run.len() as u64);
                 }
